@@ -1,0 +1,29 @@
+# Recipes for hast. `just` itself: npm install -g rust-just
+
+export PATH := env_var('PATH') + ":/usr/local/go/bin"
+
+# The tutorial's two nodes, replicated, on this machine; fails on any lost byte.
+demo:
+    go run . demo
+
+# Install test dependencies and run the whole suite (what CI runs).
+test:
+    bash scripts/test.sh
+
+# Micro-benchmarks of the hot paths.
+bench:
+    go test -run '^$' -bench . -benchmem ./internal/... ./replicate/... ./blockdev/...
+
+lint:
+    gofmt -l . | (! grep .)
+    go vet ./...
+
+build:
+    go build -o hast .
+
+# Not built yet: the appliance image and guest tests (see README, "Not yet").
+image:
+    @echo "hast image: not implemented yet" && exit 1
+
+vm-test:
+    @echo "guest tests: not implemented yet" && exit 1

@@ -1,0 +1,381 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"hast/appliance/config"
+	"hast/blockdev"
+	"hast/internal/nv"
+	"hast/replicate"
+	"hast/replicate/proto"
+)
+
+// Role is a resource's role on this node.
+type Role int
+
+const (
+	RoleInit Role = iota + 1
+	RolePrimary
+	RoleSecondary
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleInit:
+		return "init"
+	case RolePrimary:
+		return "primary"
+	case RoleSecondary:
+		return "secondary"
+	}
+	return "unknown"
+}
+
+// ParseRole parses a role word of `hast role`.
+func ParseRole(s string) (Role, error) {
+	switch s {
+	case "init":
+		return RoleInit, nil
+	case "primary":
+		return RolePrimary, nil
+	case "secondary":
+		return RoleSecondary, nil
+	}
+	return 0, fmt.Errorf("unknown role %q (expected init, primary or secondary)", s)
+}
+
+// resource is the worker of one configured resource.
+type resource struct {
+	d    *Daemon
+	log  zerolog.Logger
+	name string
+
+	mu       sync.Mutex
+	cfg      *config.Resource
+	remoteIP net.IP // resolved remote, nil for `remote none`
+	rcfg     replicate.Config
+	role     Role
+	dev      blockdev.Device
+	primary  *replicate.Primary
+	// secondary session
+	secCancel context.CancelFunc
+	secDone   chan struct{}
+
+	// evMu guards what engine events update. Events arrive on engine goroutines that role
+	// changes wait for, so they must never need mu.
+	evMu         sync.Mutex
+	hookExec     string
+	secConnected bool
+	splitBrain   bool
+	lastErr      string
+}
+
+func newResource(d *Daemon, rc *config.Resource) (*resource, error) {
+	r := &resource{d: d, name: rc.Name, log: d.log.With().Str("resource", rc.Name).Logger(), role: RoleInit}
+	if err := r.setConfig(rc); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func toMode(m config.Replication) replicate.Mode {
+	switch m {
+	case config.ReplFullsync:
+		return replicate.ModeFullsync
+	case config.ReplAsync:
+		return replicate.ModeAsync
+	}
+	return replicate.ModeMemsync
+}
+
+func toChecksum(c config.Checksum) proto.Checksum {
+	switch c {
+	case config.ChecksumCRC32:
+		return proto.ChecksumCRC32
+	case config.ChecksumSHA256:
+		return proto.ChecksumSHA256
+	}
+	return proto.ChecksumNone
+}
+
+func toCompression(c config.Compression) proto.Compression {
+	switch c {
+	case config.CompressionHole:
+		return proto.CompressionHole
+	case config.CompressionLZF:
+		return proto.CompressionLZF
+	}
+	return proto.CompressionNone
+}
+
+// setConfig derives the engine configuration from a hast.conf resource.
+func (r *resource) setConfig(rc *config.Resource) error {
+	rcfg := replicate.Config{
+		Name:        rc.Name,
+		Mode:        toMode(rc.Replication),
+		Checksum:    toChecksum(rc.Checksum),
+		Compression: toCompression(rc.Compression),
+		Timeout:     time.Duration(rc.Timeout) * time.Second,
+		MetaFlush:   rc.MetaFlush,
+		Keepalive:   r.d.opt.Keepalive,
+		Reconnect:   r.d.opt.Reconnect,
+		SyncRate:    r.d.opt.SyncRate,
+		Dial:        r.d.opt.Dial,
+		OnEvent:     r.event,
+	}
+	var ip net.IP
+	if rc.Remote != "none" {
+		a, err := config.ParseAddr(rc.Remote, defaultPort)
+		if err != nil {
+			return fmt.Errorf("resource %s: remote %s: %w", rc.Name, rc.Remote, err)
+		}
+		if a.Network == "unix" {
+			return fmt.Errorf("resource %s: remote %s: replication needs a TCP address", rc.Name, rc.Remote)
+		}
+		ta, err := net.ResolveTCPAddr(a.Network, a.Address)
+		if err != nil {
+			return fmt.Errorf("resource %s: resolve remote %s: %w", rc.Name, rc.Remote, err)
+		}
+		rcfg.Network, rcfg.Remote, ip = a.Network, ta.String(), ta.IP
+		if rc.Source != "" {
+			sa, err := config.ParseAddr(rc.Source, 0)
+			if err != nil {
+				return fmt.Errorf("resource %s: source %s: %w", rc.Name, rc.Source, err)
+			}
+			rcfg.Source = sa.Address
+		}
+	}
+	r.mu.Lock()
+	r.cfg, r.rcfg, r.remoteIP = rc, rcfg, ip
+	r.mu.Unlock()
+	r.evMu.Lock()
+	r.hookExec = rc.Exec
+	r.evMu.Unlock()
+	return nil
+}
+
+// event runs the exec hook for an engine event and remembers split-brain for status.
+func (r *resource) event(e replicate.Event) {
+	r.evMu.Lock()
+	switch e {
+	case replicate.EventSplitBrain:
+		r.splitBrain = true
+	case replicate.EventConnect:
+		r.splitBrain = false
+		r.secConnected = true
+	case replicate.EventDisconnect:
+		r.secConnected = false
+	}
+	exec := r.hookExec
+	r.evMu.Unlock()
+	r.d.hooks.run(exec, string(e), r.name)
+}
+
+// ErrBusy is returned when a role change is refused because the volume is in use.
+var ErrBusy = errors.New("resource is in use")
+
+// setRole changes the role (hast-reference §9.2). force skips the safety checks that would
+// otherwise refuse to demote an open volume or promote a node known to be split-brained.
+func (r *resource) setRole(to Role, force bool) (Role, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	from := r.role
+	if from == to {
+		return from, nil
+	}
+	r.evMu.Lock()
+	sb := r.splitBrain
+	r.evMu.Unlock()
+	if to == RolePrimary && sb && !force {
+		return from, errors.New("refusing to promote: the last connection attempt found a split-brain; resolve it or use --force")
+	}
+	switch from {
+	case RolePrimary:
+		if err := r.d.unexport(r.cfg.Name, force); err != nil {
+			return from, fmt.Errorf("demote %s: %w", r.cfg.Name, err)
+		}
+		if err := r.primary.Close(); err != nil {
+			r.log.Warn().Err(err).Msg("closing primary")
+		}
+		r.primary = nil
+	case RoleSecondary:
+		r.stopSecondaryLocked()
+	}
+	if r.dev != nil {
+		r.dev.Close()
+		r.dev = nil
+	}
+	r.role = RoleInit
+	switch to {
+	case RolePrimary:
+		dev, err := blockdev.Open(r.cfg.Local)
+		if err != nil {
+			return from, fmt.Errorf("open local component: %w", err)
+		}
+		p, err := replicate.OpenPrimary(r.rcfg, dev, r.log)
+		if err != nil {
+			dev.Close()
+			return from, err
+		}
+		r.dev, r.primary = dev, p
+		r.d.export(r.cfg.Name, p)
+	case RoleSecondary:
+		dev, err := blockdev.Open(r.cfg.Local)
+		if err != nil {
+			return from, fmt.Errorf("open local component: %w", err)
+		}
+		if _, err := blockdev.ReadMetadata(dev, r.cfg.Name); err != nil {
+			dev.Close()
+			return from, err
+		}
+		r.dev = dev
+	}
+	r.role = to
+	r.log.Info().Str("from", from.String()).Str("to", to.String()).Msgf("Role changed to %s.", to)
+	r.d.hooks.run(r.cfg.Exec, "role", r.cfg.Name, from.String(), to.String())
+	return from, nil
+}
+
+func (r *resource) stopSecondaryLocked() {
+	if r.secCancel != nil {
+		r.secCancel()
+		done := r.secDone
+		r.mu.Unlock()
+		<-done
+		r.mu.Lock()
+		r.secCancel, r.secDone = nil, nil
+	}
+	r.evMu.Lock()
+	r.secConnected = false
+	r.evMu.Unlock()
+}
+
+// Admit implements replicate.Target.
+func (r *resource) Admit(peer net.IP) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.remoteIP == nil || (peer != nil && !r.remoteIP.Equal(peer)) {
+		return "No access to the resource.", false
+	}
+	if r.role != RoleSecondary {
+		return fmt.Sprintf("Remote node acts as %s for the resource and not as secondary.", r.role), r.role == RolePrimary
+	}
+	return "", false
+}
+
+// Serve implements replicate.Target: it replaces a running session with the new one.
+func (r *resource) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
+	r.mu.Lock()
+	if r.role != RoleSecondary {
+		r.mu.Unlock()
+		c1.Close()
+		c2.Close()
+		return
+	}
+	r.stopSecondaryLocked()
+	if r.role != RoleSecondary || r.dev == nil {
+		r.mu.Unlock()
+		c1.Close()
+		c2.Close()
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	r.secCancel, r.secDone = cancel, done
+	cfg, dev := r.rcfg, r.dev
+	r.mu.Unlock()
+	go func() {
+		defer close(done)
+		err := replicate.RunSecondary(ctx, cfg, dev, c1, c2, version, hello, r.log)
+		r.evMu.Lock()
+		if err != nil {
+			r.lastErr = err.Error()
+		}
+		r.secConnected = false
+		r.evMu.Unlock()
+	}()
+}
+
+// ResourceStatus is one resource in the control API's status reply. Field names follow HAST's
+// control protocol where there is one.
+type ResourceStatus struct {
+	Name        string `json:"name"`
+	Role        string `json:"role"`
+	Provname    string `json:"provname"`
+	LocalPath   string `json:"localpath"`
+	RemoteAddr  string `json:"remoteaddr"`
+	SourceAddr  string `json:"sourceaddr,omitempty"`
+	Replication string `json:"replication"`
+	Checksum    string `json:"checksum"`
+	Compression string `json:"compression"`
+	Status      string `json:"status,omitempty"` // complete | degraded; empty without a worker
+	WorkerPID   int    `json:"workerpid"`
+	Dirty       int64  `json:"dirty"`
+	ExtentSize  uint32 `json:"extentsize"`
+	KeepDirty   uint32 `json:"keepdirty"`
+	Connected   bool   `json:"connected"`
+	SplitBrain  bool   `json:"split_brain"`
+	Syncing     bool   `json:"syncing"`
+	SyncSource  string `json:"sync_source,omitempty"`
+	SyncTotal   int64  `json:"sync_total,omitempty"`
+	SyncDone    int64  `json:"sync_done,omitempty"`
+	DataSize    int64  `json:"datasize,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
+
+	Stats replicate.Stats `json:"statistics"`
+	Queue struct {
+		Local, Send, Recv, Done, Idle int
+	} `json:"queues"`
+}
+
+func (r *resource) status() ResourceStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.cfg
+	s := ResourceStatus{
+		Name: c.Name, Role: r.role.String(), Provname: c.Provname, LocalPath: c.Local, RemoteAddr: c.Remote,
+		SourceAddr: c.Source, Replication: c.Replication.String(), Checksum: c.Checksum.String(),
+		Compression: c.Compression.String(),
+	}
+	r.evMu.Lock()
+	s.SplitBrain, s.LastError = r.splitBrain, r.lastErr
+	secConnected := r.secConnected
+	r.evMu.Unlock()
+	switch r.role {
+	case RolePrimary:
+		ps := r.primary.Status()
+		s.WorkerPID = os.Getpid()
+		s.Connected, s.Syncing = ps.Connected, ps.Syncing
+		s.Status = "degraded"
+		if ps.Connected && !ps.Degraded {
+			s.Status = "complete"
+		}
+		s.Dirty, s.ExtentSize, s.KeepDirty, s.DataSize = ps.DirtyBytes, ps.ExtentSize, ps.KeepDirty, ps.DataSize
+		s.SplitBrain = s.SplitBrain || ps.SplitBrain
+		if ps.Syncing {
+			s.SyncSource, s.SyncTotal, s.SyncDone = ps.SyncSource.String(), ps.SyncTotal, ps.SyncDone
+		}
+		s.Stats = ps.Stats
+		s.Queue.Local = ps.Inflight
+		s.Queue.Idle = replicate.MaxInflight - ps.Inflight
+	case RoleSecondary:
+		if secConnected {
+			s.WorkerPID = os.Getpid()
+			s.Connected = true
+			s.Status = "complete"
+		}
+	}
+	return s
+}
+
+func (r *resource) shutdown() {
+	r.setRole(RoleInit, true)
+}

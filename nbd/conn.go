@@ -1,0 +1,467 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"hast/replicate"
+)
+
+// conn is one client connection: the handshake, then the transmission phase.
+type conn struct {
+	srv  *Server
+	nc   net.Conn
+	br   *bufio.Reader
+	log  zerolog.Logger
+	done chan struct{} // closed when the connection is fully gone
+
+	mu       sync.Mutex
+	ex       *export // set once transmission starts
+	stopping bool
+
+	// Transmission phase. work is unbuffered so that a send succeeds only when a worker is idle;
+	// otherwise the reader starts a new worker (up to maxInFlight) or waits for one.
+	work     chan *request
+	replies  chan *request
+	nworkers int // touched by the reader only
+	workers  sync.WaitGroup
+	budget   budget
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{
+		srv:  s,
+		nc:   nc,
+		br:   bufio.NewReaderSize(nc, 64<<10),
+		log:  s.log.With().Str("remote", nc.RemoteAddr().String()).Logger(),
+		done: make(chan struct{}),
+	}
+	c.budget.init(inFlightBytes)
+	return c
+}
+
+// exportedAs reports whether the connection is in transmission with export name.
+func (c *conn) exportedAs(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ex != nil && c.ex.name == name
+}
+
+func (c *conn) isStopping() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopping
+}
+
+// shutdown stops the connection: the reader stops taking requests, requests in flight finish
+// and their replies are sent (within shutdownGrace), then the socket is closed.
+func (c *conn) shutdown() {
+	c.mu.Lock()
+	already := c.stopping
+	c.stopping = true
+	c.mu.Unlock()
+	if already {
+		return
+	}
+	now := time.Now()
+	c.nc.SetReadDeadline(now)
+	c.nc.SetWriteDeadline(now.Add(shutdownGrace))
+	c.budget.close()
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	defer c.nc.Close()
+	c.log.Debug().Msg("nbd: connection opened")
+	ex, err := c.handshake()
+	if err != nil {
+		switch {
+		case c.isStopping():
+			c.log.Debug().Err(err).Msg("nbd: connection closed during handshake by shutdown")
+		case errors.Is(err, errHandshake):
+			c.log.Info().Err(err).Msg("nbd: handshake ended")
+		default:
+			c.log.Debug().Err(err).Msg("nbd: handshake failed")
+		}
+		return
+	}
+	c.mu.Lock()
+	c.ex = ex
+	stopping := c.stopping
+	c.mu.Unlock()
+	if stopping {
+		return
+	}
+	c.log = c.log.With().Str("export", ex.name).Logger()
+	c.log.Debug().Int64("size", ex.size).Int64("sector", ex.sector).Msg("nbd: transmission started")
+
+	c.work = make(chan *request)
+	c.replies = make(chan *request, maxInFlight)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+
+	err = c.readLoop(ex)
+
+	close(c.work)
+	c.workers.Wait()
+	close(c.replies)
+	<-writerDone
+	switch {
+	case err == nil:
+		c.log.Debug().Msg("nbd: connection closed")
+	case errors.Is(err, errProtocol):
+		c.log.Warn().Err(err).Msg("nbd: connection closed on protocol violation")
+	default:
+		c.log.Debug().Err(err).Msg("nbd: connection lost")
+	}
+}
+
+// errProtocol marks a request so malformed that the connection is closed.
+var errProtocol = errors.New("protocol violation")
+
+// request is one NBD request from header to reply; pooled.
+type request struct {
+	typ    uint16
+	flags  uint16
+	cookie uint64
+	off    uint64
+	length uint32
+
+	buf   []byte // write payload, then read data
+	held  int64  // budget bytes held by buf
+	errno Errno
+	fatal bool // close the connection after replying
+	hdr   [simpleReplySize]byte
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+// readLoop parses requests until DISC (returns nil), shutdown (nil), or an error.
+func (c *conn) readLoop(ex *export) error {
+	var h [requestSize]byte
+	for {
+		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+			if c.isStopping() {
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		if m := binary.BigEndian.Uint32(h[0:]); m != magicRequest {
+			return fmt.Errorf("%w: bad request magic %#x", errProtocol, m)
+		}
+		r := requestPool.Get().(*request)
+		*r = request{
+			flags:  binary.BigEndian.Uint16(h[4:]),
+			typ:    binary.BigEndian.Uint16(h[6:]),
+			cookie: binary.BigEndian.Uint64(h[8:]),
+			off:    binary.BigEndian.Uint64(h[16:]),
+			length: binary.BigEndian.Uint32(h[24:]),
+		}
+		if r.typ == cmdDisc {
+			requestPool.Put(r)
+			return nil
+		}
+		if r.typ == cmdWrite && r.length > MaxRequest {
+			// Reading the payload to skip it would let a client stream gigabytes at us.
+			err := fmt.Errorf("%w: write of %d bytes (limit %d)", errProtocol, r.length, MaxRequest)
+			requestPool.Put(r)
+			return err
+		}
+		r.errno = validate(ex, r)
+		if r.errno != 0 {
+			c.log.Debug().Str("cmd", cmdName(r.typ)).Uint16("flags", r.flags).Uint64("offset", r.off).
+				Uint32("length", r.length).Stringer("errno", r.errno).Msg("nbd: request refused")
+			if r.typ == cmdWrite {
+				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
+					requestPool.Put(r)
+					return c.readErr("skip write payload", err)
+				}
+			}
+			c.replies <- r
+			continue
+		}
+		switch r.typ {
+		case cmdWrite:
+			if !c.budget.acquire(int64(r.length)) {
+				requestPool.Put(r)
+				return nil
+			}
+			r.held = int64(r.length)
+			r.buf = getBuf(int(r.length))
+			if _, err := io.ReadFull(c.br, r.buf); err != nil {
+				c.release(r)
+				return c.readErr("read write payload", err)
+			}
+		case cmdRead:
+			// The buffer is taken by the worker; the budget here keeps the reader from
+			// accepting more data to produce than the limit.
+			if !c.budget.acquire(int64(r.length)) {
+				requestPool.Put(r)
+				return nil
+			}
+			r.held = int64(r.length)
+		}
+		c.dispatch(r)
+	}
+}
+
+func (c *conn) readErr(what string, err error) error {
+	if c.isStopping() {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// validate checks a request against the export; it returns the error to reply with, or 0.
+// Nothing that fails here reaches the volume.
+func validate(ex *export, r *request) Errno {
+	allowed := uint16(cmdFlagFUA)
+	if r.typ == cmdWriteZeroes {
+		allowed |= cmdFlagNoHole
+	}
+	if r.flags&^allowed != 0 {
+		return EINVAL
+	}
+	switch r.typ {
+	case cmdFlush:
+		// Offset and length are reserved; the kernel client has been known to fill them, and
+		// a flush touches no range, so they are ignored.
+		return 0
+	case cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes:
+	default:
+		return EINVAL
+	}
+	if r.length == 0 {
+		return EINVAL
+	}
+	if r.typ == cmdRead && r.length > MaxRequest {
+		return EINVAL
+	}
+	if r.off%uint64(ex.sector) != 0 || uint64(r.length)%uint64(ex.sector) != 0 {
+		return EINVAL
+	}
+	if r.off > uint64(ex.size) || uint64(r.length) > uint64(ex.size)-r.off {
+		if r.typ == cmdWrite || r.typ == cmdWriteZeroes {
+			return ENOSPC
+		}
+		return EINVAL
+	}
+	return 0
+}
+
+// dispatch hands r to an idle worker, a new one, or waits for one when maxInFlight are busy.
+func (c *conn) dispatch(r *request) {
+	select {
+	case c.work <- r:
+		return
+	default:
+	}
+	if c.nworkers < maxInFlight {
+		c.nworkers++
+		c.workers.Add(1)
+		go c.worker(r)
+		return
+	}
+	c.work <- r
+}
+
+func (c *conn) worker(r *request) {
+	defer c.workers.Done()
+	for {
+		c.execute(r)
+		c.replies <- r
+		var ok bool
+		if r, ok = <-c.work; !ok {
+			return
+		}
+	}
+}
+
+// zeroes is the source of NBD_CMD_WRITE_ZEROES data; volumes only read it.
+var zeroes [1 << 20]byte
+
+// execute runs a validated request against the volume and records the result in r.
+func (c *conn) execute(r *request) {
+	vol := c.ex.vol
+	off := int64(r.off)
+	var err error
+	switch r.typ {
+	case cmdRead:
+		r.buf = getBuf(int(r.length))
+		var n int
+		n, err = vol.ReadAt(r.buf, off)
+		if n == len(r.buf) && errors.Is(err, io.EOF) {
+			err = nil
+		} else if err == nil && n < len(r.buf) {
+			err = fmt.Errorf("short read: %d of %d bytes", n, len(r.buf))
+		}
+	case cmdWrite:
+		var n int
+		n, err = vol.WriteAt(r.buf, off)
+		if err == nil && n < len(r.buf) {
+			err = fmt.Errorf("short write: %d of %d bytes", n, len(r.buf))
+		}
+		// The payload is done with; give the memory back before the reply waits in line.
+		c.release(r)
+	case cmdFlush:
+		err = vol.Flush()
+	case cmdTrim:
+		err = vol.Discard(off, int64(r.length))
+	case cmdWriteZeroes:
+		// The volume does not promise zeroes after Discard, so NO_HOLE or not, zeroes are
+		// written.
+		for done := int64(0); done < int64(r.length) && err == nil; {
+			n := min(int64(r.length)-done, int64(len(zeroes)))
+			var w int
+			w, err = vol.WriteAt(zeroes[:n], off+done)
+			if err == nil && int64(w) < n {
+				err = fmt.Errorf("short write: %d of %d bytes", w, n)
+			}
+			done += n
+		}
+	}
+	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdRead && r.typ != cmdFlush {
+		err = vol.Flush()
+	}
+	if err != nil {
+		r.errno, r.fatal = errnoFor(err)
+		lvl := c.log.Warn()
+		if r.errno == EINVAL || r.errno == ESHUTDOWN {
+			lvl = c.log.Debug()
+		}
+		lvl.Err(err).Str("cmd", cmdName(r.typ)).Uint64("offset", r.off).Uint32("length", r.length).
+			Stringer("errno", r.errno).Msg("nbd: request failed")
+		if r.typ == cmdRead {
+			c.release(r) // an error reply carries no data
+		}
+	}
+}
+
+// errnoFor maps a volume error onto the protocol; fatal means the connection must close.
+func errnoFor(err error) (errno Errno, fatal bool) {
+	switch {
+	case errors.Is(err, replicate.ErrNotPrimary):
+		return ESHUTDOWN, true
+	case errors.Is(err, replicate.ErrRange):
+		return EINVAL, false
+	}
+	return EIO, false
+}
+
+// release returns r's buffer and budget.
+func (c *conn) release(r *request) {
+	if r.buf != nil {
+		putBuf(r.buf)
+		r.buf = nil
+	}
+	if r.held != 0 {
+		c.budget.release(r.held)
+		r.held = 0
+	}
+}
+
+// writeLoop sends replies, batching every reply that is ready into one writev.
+func (c *conn) writeLoop() {
+	const maxBatch = 64
+	batch := make([]*request, 0, maxBatch)
+	bufs := make(net.Buffers, 0, 2*maxBatch)
+	failed := false
+	for r := range c.replies {
+		batch = append(batch[:0], r)
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-c.replies:
+				if !ok {
+					break more
+				}
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		if !failed {
+			bufs = bufs[:0]
+			for _, r := range batch {
+				binary.BigEndian.PutUint32(r.hdr[0:], magicSimpleReply)
+				binary.BigEndian.PutUint32(r.hdr[4:], uint32(r.errno))
+				binary.BigEndian.PutUint64(r.hdr[8:], r.cookie)
+				bufs = append(bufs, r.hdr[:])
+				if r.typ == cmdRead && r.errno == 0 {
+					bufs = append(bufs, r.buf)
+				}
+			}
+			out := bufs
+			if _, err := out.WriteTo(c.nc); err != nil {
+				// Keep draining so workers and the reader never block on us; the replies are
+				// dropped, which is all a broken connection allows.
+				failed = true
+				if !c.isStopping() {
+					c.log.Debug().Err(err).Msg("nbd: send replies")
+				}
+				c.shutdown()
+			}
+			clear(bufs)
+		}
+		for i, r := range batch {
+			if r.fatal {
+				c.shutdown()
+			}
+			c.release(r)
+			requestPool.Put(r)
+			batch[i] = nil
+		}
+	}
+}
+
+// budget is a counting semaphore over bytes. The reader is its only acquirer.
+type budget struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	avail  int64
+	closed bool
+}
+
+func (b *budget) init(n int64) {
+	b.avail = n
+	b.cond.L = &b.mu
+}
+
+// acquire takes n bytes, waiting for releases; false means the connection is stopping.
+func (b *budget) acquire(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for !b.closed && b.avail < n {
+		b.cond.Wait()
+	}
+	if b.closed {
+		return false
+	}
+	b.avail -= n
+	return true
+}
+
+func (b *budget) release(n int64) {
+	b.mu.Lock()
+	b.avail += n
+	b.mu.Unlock()
+	b.cond.Signal()
+}
+
+func (b *budget) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}

@@ -1,0 +1,32 @@
+// Package nbd presents a replicate.Volume to Network Block Device clients (qemu, qemu-img,
+// qemu-io, nbd-client) and provides a small pipelined client for the demo, tests and benchmarks.
+//
+// The package knows nothing about replication: the daemon tells the Server which volumes are
+// exported right now through the Exports interface (only resources for which this node is primary),
+// and calls Disconnect when a resource is demoted. Durability rules are the Volume's: a FLUSH is
+// answered after Volume.Flush returns, a FUA write after WriteAt and then Flush.
+//
+// # Protocol
+//
+// Only the fixed newstyle handshake is spoken (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES).
+// The options understood are NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST, NBD_OPT_INFO and
+// NBD_OPT_GO; every other option, including NBD_OPT_STRUCTURED_REPLY, is answered with
+// NBD_REP_ERR_UNSUP, so transmission always uses simple replies. NBD_OPT_GO and NBD_OPT_INFO report
+// the export size and flags and the block size constraints (minimum = the volume's sector size,
+// preferred 4 KiB, maximum 32 MiB).
+//
+// Transmission supports READ, WRITE (with FUA), DISC, FLUSH, TRIM and WRITE_ZEROES. Requests are
+// validated before anything reaches the Volume: misaligned or out-of-range requests, unknown
+// commands and unknown flags get NBD_EINVAL (NBD_ENOSPC for writes past the end), a WRITE whose
+// payload exceeds 32 MiB or a request with a bad magic closes the connection. Volume errors map to
+// NBD_EIO, except replicate.ErrRange (NBD_EINVAL) and replicate.ErrNotPrimary (NBD_ESHUTDOWN, after
+// which the connection is closed).
+//
+// # Concurrency
+//
+// Each connection has one reader goroutine that parses requests and hands them to a pool of worker
+// goroutines (created on demand, at most 128, reused for the life of the connection), and one
+// writer goroutine that batches every reply ready at the time into a single writev. Payload
+// buffers come from size-classed pools, and the payload bytes in flight on one connection are
+// bounded so that a client cannot make the server allocate without limit.
+package nbd

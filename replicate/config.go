@@ -1,0 +1,118 @@
+package replicate
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"hast/replicate/proto"
+)
+
+// Mode is a resource's replication mode; it decides when a write is acknowledged.
+type Mode int
+
+const (
+	ModeFullsync Mode = iota
+	ModeMemsync
+	ModeAsync
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeFullsync:
+		return "fullsync"
+	case ModeMemsync:
+		return "memsync"
+	case ModeAsync:
+		return "async"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Protocol constants of HAST (hast-reference §7.6) and our limits.
+const (
+	DefaultTimeout    = 20 * time.Second
+	KeepaliveInterval = 10 * time.Second
+	ReconnectInterval = 10 * time.Second
+	// MaxIO is the largest request we send to a peer. HAST's MAXPHYS was 128 KiB for years; staying
+	// at it keeps us compatible with every HAST secondary, and splitting a 1 MiB write into eight
+	// frames sent in one writev costs little.
+	MaxIO = 128 << 10
+	// MaxRecvIO is the largest request we accept (FreeBSD 13+ peers may send 1 MiB).
+	MaxRecvIO = 1 << 20
+	// MaxInflight bounds requests in flight per resource (HAST: 256).
+	MaxInflight = 1024
+)
+
+// Dialer opens outgoing connections; tests substitute one that injects faults.
+type Dialer func(ctx context.Context, network, laddr, raddr string) (net.Conn, error)
+
+// TCPDialer dials with TCP_NODELAY (Go's default), binding laddr when set (HAST's `source`).
+func TCPDialer(ctx context.Context, network, laddr, raddr string) (net.Conn, error) {
+	d := net.Dialer{}
+	if laddr != "" {
+		a, err := net.ResolveTCPAddr(network, laddr)
+		if err != nil {
+			return nil, fmt.Errorf("resolve source %s: %w", laddr, err)
+		}
+		d.LocalAddr = a
+	}
+	return d.DialContext(ctx, network, raddr)
+}
+
+// Event is one of HAST's hook events.
+type Event string
+
+const (
+	EventConnect    Event = "connect"
+	EventDisconnect Event = "disconnect"
+	EventSyncStart  Event = "syncstart"
+	EventSyncDone   Event = "syncdone"
+	EventSyncIntr   Event = "syncintr"
+	EventSplitBrain Event = "split-brain"
+)
+
+// Config is what the engines need to know about a resource; the daemon builds it from hast.conf.
+type Config struct {
+	Name        string
+	Network     string // "tcp", "tcp4" or "tcp6"
+	Remote      string // host:port, or "" for `remote none`
+	Source      string // local host:port to bind, or ""
+	Mode        Mode
+	Checksum    proto.Checksum
+	Compression proto.Compression
+	Timeout     time.Duration
+	MetaFlush   bool
+	// Keepalive and Reconnect default to HAST's 10 s; tests shorten them.
+	Keepalive time.Duration
+	Reconnect time.Duration
+	// SyncRate limits resynchronisation in bytes per second (0 = unlimited).
+	SyncRate int64
+	Dial     Dialer
+	// OnEvent is called for hook events; it must not block.
+	OnEvent func(Event)
+}
+
+func (c *Config) withDefaults() Config {
+	cc := *c
+	if cc.Timeout <= 0 {
+		cc.Timeout = DefaultTimeout
+	}
+	if cc.Keepalive <= 0 {
+		cc.Keepalive = KeepaliveInterval
+	}
+	if cc.Reconnect <= 0 {
+		cc.Reconnect = ReconnectInterval
+	}
+	if cc.Network == "" {
+		cc.Network = "tcp"
+	}
+	if cc.Dial == nil {
+		cc.Dial = TCPDialer
+	}
+	if cc.OnEvent == nil {
+		cc.OnEvent = func(Event) {}
+	}
+	return cc
+}

@@ -1,0 +1,322 @@
+package replicate
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"hast/internal/nv"
+	"hast/replicate/proto"
+)
+
+// ErrDisconnected fails the remote leg of requests when the link to the peer is down.
+var ErrDisconnected = errors.New("replicate: not connected to the peer")
+
+// rreq is one request to the peer. Its callbacks run on the link's goroutines and must not block.
+type rreq struct {
+	cmd     uint8
+	seq     uint64
+	off     int64
+	length  int64
+	data    []byte // WRITE payload, or READ destination of exactly length bytes
+	memsync bool
+	scratch []byte // compression output, reused
+
+	received bool               // memsync early ack seen (receiver goroutine only)
+	acked    atomic.Bool        // the owner counted this request's acknowledgement
+	onRecv   func(*rreq)        // memsync early ack (optional)
+	onDone   func(*rreq, error) // final reply, or link failure
+	ctx      any                // owner's state
+	wait     chan error         // used by do()
+}
+
+// link is the primary's pair of connections to the secondary: requests go out on C1 and replies
+// come back on C2 (HAST's layout). One goroutine sends, draining everything queued into a single
+// writev; one goroutine receives and completes requests by sequence number.
+type link struct {
+	out, in net.Conn
+	version uint8
+	cfg     *Config
+	log     zerolog.Logger
+
+	mu      sync.Mutex
+	queue   []*rreq
+	spare   []*rreq
+	kick    chan struct{}
+	pending map[uint64]*rreq
+	closed  bool
+	err     error
+
+	seq      atomic.Uint64
+	lastRecv atomic.Int64 // unix nanos of the last reply
+	lastSend atomic.Int64
+
+	done   chan struct{}
+	onDown func(*link, error)
+	wg     sync.WaitGroup
+
+	// Counters for status and tests.
+	batches, frames atomic.Uint64
+}
+
+func newLink(out, in net.Conn, version uint8, cfg *Config, log zerolog.Logger, onDown func(*link, error)) *link {
+	l := &link{
+		out: out, in: in, version: version, cfg: cfg, log: log,
+		kick:    make(chan struct{}, 1),
+		pending: make(map[uint64]*rreq),
+		done:    make(chan struct{}),
+		onDown:  onDown,
+	}
+	now := time.Now().UnixNano()
+	l.lastRecv.Store(now)
+	l.lastSend.Store(now)
+	l.wg.Add(3)
+	go l.sendLoop()
+	go l.recvLoop()
+	go l.watchdog()
+	return l
+}
+
+// submit queues requests; they are sent in order. On a closed link they fail at once.
+func (l *link) submit(rs ...*rreq) {
+	l.mu.Lock()
+	if l.closed {
+		err := l.err
+		l.mu.Unlock()
+		for _, r := range rs {
+			r.onDone(r, fmt.Errorf("%w: %v", ErrDisconnected, err))
+		}
+		return
+	}
+	for _, r := range rs {
+		r.seq = l.seq.Add(1)
+	}
+	l.queue = append(l.queue, rs...)
+	l.mu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// do sends one request and waits for its final reply.
+func (l *link) do(r *rreq) error {
+	r.wait = make(chan error, 1)
+	r.onDone = func(r *rreq, err error) { r.wait <- err }
+	l.submit(r)
+	return <-r.wait
+}
+
+// fail closes the link once and fails everything queued or in flight.
+func (l *link) fail(err error) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	l.err = err
+	queued := l.queue
+	l.queue = nil
+	pend := l.pending
+	l.pending = make(map[uint64]*rreq)
+	l.mu.Unlock()
+	close(l.done)
+	l.out.Close()
+	l.in.Close()
+	derr := fmt.Errorf("%w: %v", ErrDisconnected, err)
+	for _, r := range queued {
+		r.onDone(r, derr)
+	}
+	for _, r := range pend {
+		r.onDone(r, derr)
+	}
+	if l.onDown != nil {
+		l.onDown(l, err)
+	}
+}
+
+// close shuts the link down and waits for its goroutines.
+func (l *link) close() {
+	l.fail(errors.New("link closed"))
+	l.wg.Wait()
+}
+
+func (l *link) sendLoop() {
+	defer l.wg.Done()
+	var (
+		hdr      []byte
+		bufs     net.Buffers
+		spans    []int // per frame: hdr start, hdr end
+		payloads [][]byte
+		nvl      nv.List
+	)
+	ticker := time.NewTicker(l.cfg.Keepalive / 2)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-l.kick:
+		case <-ticker.C:
+			if time.Since(time.Unix(0, l.lastSend.Load())) >= l.cfg.Keepalive {
+				nvl.Reset()
+				nvl.AddUint8("cmd", proto.CmdKeepalive)
+				hdr = proto.EncodeFrame(hdr[:0], l.version, &nvl)
+				if err := l.write(net.Buffers{hdr}); err != nil {
+					l.fail(fmt.Errorf("send keepalive: %w", err))
+					return
+				}
+			}
+			continue
+		}
+		l.mu.Lock()
+		batch := l.queue
+		l.queue = l.spare[:0]
+		if len(l.pending) == 0 {
+			// The watchdog measures silence only while something is outstanding.
+			l.lastRecv.Store(time.Now().UnixNano())
+		}
+		for _, r := range batch {
+			l.pending[r.seq] = r
+		}
+		l.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		hdr, spans, payloads = hdr[:0], spans[:0], payloads[:0]
+		for _, r := range batch {
+			nvl.Reset()
+			nvl.AddUint8("cmd", r.cmd)
+			nvl.AddUint64("seq", r.seq)
+			nvl.AddUint64("offset", uint64(r.off))
+			nvl.AddUint64("length", uint64(r.length))
+			var payload []byte
+			if r.cmd == proto.CmdWrite {
+				if r.memsync {
+					nvl.AddUint8("memsync", 1)
+				}
+				var err error
+				payload, err = proto.EncodeData(&nvl, r.data, l.cfg.Compression, l.cfg.Checksum, r.scratch)
+				if err != nil {
+					l.fail(fmt.Errorf("encode write: %w", err))
+					return
+				}
+				if len(payload) > 0 && len(r.data) > 0 && &payload[0] != &r.data[0] {
+					r.scratch = payload[:0]
+				}
+			}
+			start := len(hdr)
+			hdr = proto.EncodeFrame(hdr, l.version, &nvl)
+			spans = append(spans, start, len(hdr))
+			payloads = append(payloads, payload)
+		}
+		bufs = bufs[:0]
+		for i := range batch {
+			bufs = append(bufs, hdr[spans[2*i]:spans[2*i+1]])
+			if len(payloads[i]) > 0 {
+				bufs = append(bufs, payloads[i])
+			}
+		}
+		l.frames.Add(uint64(len(batch)))
+		l.batches.Add(1)
+		if err := l.write(bufs); err != nil {
+			l.fail(fmt.Errorf("send: %w", err))
+			return
+		}
+		l.mu.Lock()
+		l.spare = batch[:0]
+		l.mu.Unlock()
+	}
+}
+
+func (l *link) write(bufs net.Buffers) error {
+	l.out.SetWriteDeadline(time.Now().Add(l.cfg.Timeout))
+	_, err := bufs.WriteTo(l.out)
+	l.lastSend.Store(time.Now().UnixNano())
+	return err
+}
+
+func (l *link) recvLoop() {
+	defer l.wg.Done()
+	rd := proto.NewReader(l.in, MaxRecvIO+4096)
+	var dec []byte
+	for {
+		_, msg, data, err := rd.Next()
+		if err != nil {
+			l.fail(fmt.Errorf("receive: %w", err))
+			return
+		}
+		l.lastRecv.Store(time.Now().UnixNano())
+		seq, ok := msg.Uint64("seq")
+		if !ok {
+			l.fail(errors.New("reply without seq"))
+			return
+		}
+		_, early := msg.Int8("received")
+		l.mu.Lock()
+		r := l.pending[seq]
+		if r != nil && !early {
+			delete(l.pending, seq)
+		}
+		l.mu.Unlock()
+		if r == nil {
+			l.log.Warn().Uint64("seq", seq).Msg("reply to an unknown request ignored")
+			continue
+		}
+		if early {
+			if !r.received {
+				r.received = true
+				if r.onRecv != nil {
+					r.onRecv(r)
+				}
+			}
+			continue
+		}
+		var rerr error
+		if e, ok := msg.Int16("error"); ok && e != 0 {
+			rerr = fmt.Errorf("remote request failed: %w", syscall.Errno(e))
+		} else if r.cmd == proto.CmdRead {
+			dec, err = proto.DecodeData(msg, data, dec[:0])
+			switch {
+			case err != nil:
+				// A corrupt payload means the link cannot be trusted.
+				r.onDone(r, fmt.Errorf("read reply: %w", err))
+				l.fail(fmt.Errorf("read reply seq %d: %w", seq, err))
+				return
+			case int64(len(dec)) != r.length:
+				rerr = fmt.Errorf("read reply has %d bytes, want %d", len(dec), r.length)
+			default:
+				copy(r.data, dec)
+			}
+		}
+		r.onDone(r, rerr)
+	}
+}
+
+// watchdog fails the link when requests are outstanding and nothing came back for the timeout.
+func (l *link) watchdog() {
+	defer l.wg.Done()
+	t := time.NewTicker(l.cfg.Timeout / 10)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		n := len(l.pending)
+		l.mu.Unlock()
+		if n > 0 && time.Since(time.Unix(0, l.lastRecv.Load())) > l.cfg.Timeout {
+			l.fail(fmt.Errorf("no reply from the peer for %v with %d requests outstanding", l.cfg.Timeout, n))
+			return
+		}
+	}
+}

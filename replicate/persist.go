@@ -1,0 +1,128 @@
+package replicate
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// persister writes the activemap to disk. Writers that dirtied a new extent call now() and wait
+// for a write that started after their change (group commit: one bitmap write serves every
+// writer waiting at that moment). Clean-ups are written lazily by later().
+type persister struct {
+	p *Primary
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	want    uint64 // highest generation requested
+	done    uint64 // highest generation on disk
+	err     error
+	lazy    bool
+	stop    bool
+	durable []byte // our copy of the image last marked durable
+	updates uint64 // bitmap writes, for statistics
+}
+
+func newPersister(p *Primary, durable []byte) *persister {
+	ps := &persister{p: p, durable: append([]byte(nil), durable...)}
+	ps.cond.L = &ps.mu
+	go ps.loop()
+	return ps
+}
+
+// now blocks until the activemap state as of the call is durable.
+func (ps *persister) now() error {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.want++
+	target := ps.want
+	ps.cond.Broadcast()
+	for ps.done < target && ps.err == nil && !ps.stop {
+		ps.cond.Wait()
+	}
+	if ps.err != nil {
+		return ps.err
+	}
+	if ps.done < target {
+		return fmt.Errorf("activemap: %w", ErrNotPrimary)
+	}
+	return nil
+}
+
+// later asks for a write without waiting for it.
+func (ps *persister) later() {
+	ps.mu.Lock()
+	ps.lazy = true
+	ps.cond.Broadcast()
+	ps.mu.Unlock()
+}
+
+func (ps *persister) close() {
+	ps.mu.Lock()
+	ps.stop = true
+	ps.cond.Broadcast()
+	ps.mu.Unlock()
+}
+
+func (ps *persister) loop() {
+	for {
+		ps.mu.Lock()
+		for ps.want == ps.done && !ps.lazy && !ps.stop {
+			ps.cond.Wait()
+		}
+		if ps.stop && ps.want == ps.done {
+			ps.mu.Unlock()
+			return
+		}
+		urgent := ps.want != ps.done
+		ps.mu.Unlock()
+		if !urgent {
+			// Batch lazy clean-ups: a bit that is set too long only costs a resync.
+			time.Sleep(20 * time.Millisecond)
+		}
+		ps.mu.Lock()
+		gen := ps.want
+		ps.lazy = false
+		ps.mu.Unlock()
+
+		err := ps.writeOnce()
+
+		ps.mu.Lock()
+		if err != nil {
+			ps.err = err
+		} else {
+			ps.done = gen
+			ps.updates++
+		}
+		ps.cond.Broadcast()
+		ps.mu.Unlock()
+		if err != nil {
+			ps.p.log.Error().Err(err).Msg("unable to write activemap; writes to new extents fail")
+			return
+		}
+	}
+}
+
+// writeOnce takes an image and writes it. While it is being written, only bits set both in the
+// old durable image and in the new one count as durable: a write that starts meanwhile on an
+// extent this image clears must wait for the next round.
+func (ps *persister) writeOnce() error {
+	p := ps.p
+	p.mu.Lock()
+	img := p.am.Image(nil)
+	inter := make([]byte, len(img))
+	for i := range img {
+		inter[i] = img[i] & ps.durable[i]
+	}
+	p.am.MarkDurable(inter)
+	p.mu.Unlock()
+
+	if err := p.writeBitmap(img); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.am.MarkDurable(img)
+	p.mu.Unlock()
+	ps.durable = img
+	return nil
+}

@@ -1,0 +1,473 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"hast/blockdev"
+	"hast/internal/nv"
+	"hast/replicate/proto"
+)
+
+// secondaryWorkers is how many requests the secondary applies at once. Requests that overlap an
+// earlier one still in progress wait for it, so overlapping writes land in the order sent.
+const secondaryWorkers = 8
+
+type sreq struct {
+	cmd     uint8
+	seq     uint64
+	off, n  int64
+	data    []byte // pooled
+	memsync bool
+}
+
+type sreply struct {
+	seq      uint64
+	received bool
+	errno    syscall.Errno
+	data     []byte // READ result (pooled), nil otherwise
+}
+
+// secondary is one connected session of a resource on the node where it is secondary.
+type secondary struct {
+	cfg  Config
+	log  zerolog.Logger
+	dev  blockdev.Device
+	md   blockdev.Metadata
+	base int64
+	size int64
+	sect int
+
+	c1, c2  net.Conn
+	version uint8
+
+	// in-flight tracking for ordering
+	tmu    sync.Mutex
+	tcond  sync.Cond
+	active []sreq // ranges being applied (cmd, off, n only)
+	nact   int
+
+	rmu     sync.Mutex
+	replies []sreply
+	rkick   chan struct{}
+	done    chan struct{}
+	failErr error
+	once    sync.Once
+}
+
+// RunSecondary serves one connection from the primary until it ends: it evaluates the handshake
+// (the sync decision of §11.2), answers it on c1, then applies requests from c1 and replies on
+// c2. hello is the primary's second handshake message (from c2). The returned error says why
+// the session ended; ErrSplitBrain and ErrResUIDMismatch mean it was refused.
+func RunSecondary(ctx context.Context, cfg Config, dev blockdev.Device, c1, c2 net.Conn, version uint8, hello *nv.List, log zerolog.Logger) error {
+	cfg = cfg.withDefaults()
+	s := &secondary{
+		cfg: cfg, log: log.With().Str("resource", cfg.Name).Str("role", "secondary").Logger(),
+		dev: dev, c1: c1, c2: c2, version: version,
+		rkick: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	s.tcond.L = &s.tmu
+	defer c1.Close()
+	defer c2.Close()
+	if err := s.handshake(hello); err != nil {
+		return err
+	}
+	s.log.Info().Msg("connected to the primary")
+	cfg.OnEvent(EventConnect)
+	stop := context.AfterFunc(ctx, func() { s.fail(errors.New("secondary stopped")) })
+	defer stop()
+	err := s.serve()
+	s.log.Warn().Err(err).Msg("disconnected from the primary")
+	cfg.OnEvent(EventDisconnect)
+	return err
+}
+
+func (s *secondary) sendErr(msg string) {
+	var l nv.List
+	l.AddString("errmsg", msg)
+	s.c1.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
+	proto.WriteFrame(s.c1, s.version, &l, nil)
+}
+
+func (s *secondary) handshake(hello *nv.List) error {
+	md, err := blockdev.ReadMetadata(s.dev, s.cfg.Name)
+	if err != nil {
+		s.sendErr("Unable to read metadata.")
+		return err
+	}
+	pri := Counters{}
+	var ok1, ok2, ok3 bool
+	pri.ResUID, ok1 = hello.Uint64("resuid")
+	pri.LocalCnt, ok2 = hello.Uint64("localcnt")
+	pri.RemoteCnt, ok3 = hello.Uint64("remotecnt")
+	if !(ok1 && ok2 && ok3) {
+		s.sendErr("Handshake lacks resuid, localcnt or remotecnt.")
+		return errors.New("handshake from the primary lacks resuid, localcnt or remotecnt")
+	}
+	_, virgin := hello.Int8("virgin")
+	sec := Counters{ResUID: md.ResUID, LocalCnt: md.LocalCnt, RemoteCnt: md.RemoteCnt}
+	d := Decide(sec, pri, virgin)
+	s.log.Info().Str("rule", d.Rule).Uint64("S.l", sec.LocalCnt).Uint64("S.r", sec.RemoteCnt).
+		Uint64("P.l", pri.LocalCnt).Uint64("P.r", pri.RemoteCnt).Str("syncsrc", d.Source.String()).Msg("handshake decision")
+	if d.Err != nil {
+		if errors.Is(d.Err, ErrSplitBrain) {
+			s.sendErr(SplitBrainMsg)
+			s.log.Error().Msg("split-brain: both nodes were primary and both wrote; refusing to synchronise")
+			s.cfg.OnEvent(EventSplitBrain)
+		} else {
+			s.sendErr(fmt.Sprintf("Resource unique ID mismatch (primary=%d, secondary=%d).", pri.ResUID, sec.ResUID))
+		}
+		return d.Err
+	}
+	if d.AdoptResUID {
+		md.ResUID = pri.ResUID
+	}
+	// Our extension: after this pairing the primary's remotecnt will be our localcnt; remember it
+	// so that if we are promoted, our first write without the peer bumps localcnt.
+	md.PeerRemoteCnt = md.LocalCnt
+	md.PrevRole = "secondary"
+	if err := blockdev.WriteMetadata(s.dev, md); err != nil {
+		s.sendErr("Unable to write metadata.")
+		return fmt.Errorf("write metadata: %w", err)
+	}
+	if err := s.dev.Flush(); err != nil {
+		s.sendErr("Unable to write metadata.")
+		return fmt.Errorf("flush metadata: %w", err)
+	}
+	s.md = *md
+	s.base, s.size, s.sect = int64(md.LocalOff), int64(md.DataSize), s.dev.SectorSize()
+
+	var bm []byte
+	switch d.Map {
+	case MapLocal:
+		if bm, err = blockdev.ReadBitmap(s.dev, md); err != nil {
+			s.sendErr("Unable to read activemap.")
+			return err
+		}
+	case MapAll:
+		bm = fullBitmap(int64(md.DataSize), md.ExtentSize, int(md.MapSize()))
+	}
+	var out nv.List
+	out.AddInt64("datasize", int64(md.DataSize))
+	out.AddInt32("extentsize", int32(md.ExtentSize))
+	out.AddUint64("localcnt", md.LocalCnt)
+	out.AddUint64("remotecnt", md.RemoteCnt)
+	if d.Virgin {
+		out.AddInt8("virgin", 1)
+	}
+	out.AddUint8("syncsrc", uint8(d.Source))
+	out.AddUint32("mapsize", uint32(len(bm)))
+	var payload []byte
+	if len(bm) > 0 {
+		payload, err = proto.EncodeData(&out, bm, s.cfg.Compression, s.cfg.Checksum, nil)
+		if err != nil {
+			return fmt.Errorf("encode bitmap: %w", err)
+		}
+	}
+	s.c1.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
+	if err := proto.WriteFrame(s.c1, s.version, &out, payload); err != nil {
+		return fmt.Errorf("send handshake result: %w", err)
+	}
+	s.c1.SetWriteDeadline(time.Time{})
+	return nil
+}
+
+// fullBitmap has one bit set for every extent of the data area.
+func fullBitmap(dataSize int64, extentSize uint32, mapSize int) []byte {
+	n := int((dataSize + int64(extentSize) - 1) / int64(extentSize))
+	bm := make([]byte, mapSize)
+	for e := 0; e < n; e++ {
+		bm[e>>3] |= 1 << (e & 7)
+	}
+	return bm
+}
+
+func (s *secondary) fail(err error) {
+	s.once.Do(func() {
+		s.failErr = err
+		close(s.done)
+		s.c1.Close()
+		s.c2.Close()
+		s.tmu.Lock()
+		s.tcond.Broadcast()
+		s.tmu.Unlock()
+	})
+}
+
+func (s *secondary) serve() error {
+	work := make(chan sreq, secondaryWorkers)
+	var wg sync.WaitGroup
+	for range secondaryWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range work {
+				s.apply(r)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.replyLoop()
+	}()
+	err := s.readLoop(work)
+	s.fail(err)
+	close(work)
+	wg.Wait()
+	return s.failErr
+}
+
+func (s *secondary) readLoop(work chan<- sreq) error {
+	rd := proto.NewReader(s.c1, MaxRecvIO+4096)
+	idle := max(s.cfg.Timeout, 2*s.cfg.Keepalive)
+	first := true
+	for {
+		s.c1.SetReadDeadline(time.Now().Add(idle))
+		_, msg, payload, err := rd.Next()
+		if err != nil {
+			select {
+			case <-s.done:
+				return s.failErr
+			default:
+			}
+			return fmt.Errorf("receive request: %w", err)
+		}
+		cmd, ok := msg.Uint8("cmd")
+		if !ok {
+			return errors.New("request without cmd")
+		}
+		if cmd == proto.CmdKeepalive {
+			continue
+		}
+		seq, ok := msg.Uint64("seq")
+		if !ok || seq == 0 {
+			return fmt.Errorf("request (cmd %d) without a sequence number", cmd)
+		}
+		r, errno := s.validate(cmd, seq, msg, payload)
+		if errno != 0 {
+			s.log.Warn().Uint8("cmd", cmd).Uint64("seq", seq).Msg("invalid request refused")
+			s.queueReply(sreply{seq: seq, errno: errno})
+			continue
+		}
+		if first {
+			// The primary has merged and persisted our map by now (§7.2 step 8).
+			first = false
+			if err := blockdev.WriteBitmap(s.dev, &s.md, make([]byte, s.md.MapSize())); err != nil {
+				s.log.Error().Err(err).Msg("unable to clear activemap")
+			}
+		}
+		if r.memsync {
+			s.queueReply(sreply{seq: seq, received: true})
+		}
+		if !s.track(r) {
+			return s.failErr
+		}
+		select {
+		case work <- r:
+		case <-s.done:
+			return s.failErr
+		}
+	}
+}
+
+// validate applies §7.3's checks; a failed check is answered with EINVAL and touches nothing.
+func (s *secondary) validate(cmd uint8, seq uint64, msg *nv.List, payload []byte) (sreq, syscall.Errno) {
+	r := sreq{cmd: cmd, seq: seq}
+	switch cmd {
+	case proto.CmdFlush:
+		return r, 0
+	case proto.CmdRead, proto.CmdWrite, proto.CmdDelete:
+	default:
+		return r, syscall.EINVAL
+	}
+	off, ok1 := msg.Uint64("offset")
+	n, ok2 := msg.Uint64("length")
+	if !ok1 || !ok2 || n == 0 || off%uint64(s.sect) != 0 || n%uint64(s.sect) != 0 ||
+		off > uint64(s.size) || n > uint64(s.size)-off || (cmd != proto.CmdDelete && n > MaxRecvIO) {
+		return r, syscall.EINVAL
+	}
+	r.off, r.n = int64(off), int64(n)
+	if cmd == proto.CmdWrite {
+		buf := getBuf(int(n))
+		dec, err := proto.DecodeData(msg, payload, buf[:0])
+		if err != nil || len(dec) != int(n) {
+			putBuf(buf)
+			return r, syscall.EINVAL
+		}
+		if &dec[0] != &buf[:1][0] {
+			copy(buf, dec)
+		}
+		r.data = buf[:n]
+		_, r.memsync = msg.Uint8("memsync")
+	}
+	return r, 0
+}
+
+func overlaps(a, b sreq) bool {
+	return a.off < b.off+b.n && b.off < a.off+a.n
+}
+
+// track waits until r may start: a FLUSH waits for everything before it, other requests for
+// earlier overlapping ones (and an earlier flush).
+func (s *secondary) track(r sreq) bool {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	for {
+		select {
+		case <-s.done:
+			return false
+		default:
+		}
+		busy := false
+		if r.cmd == proto.CmdFlush {
+			busy = s.nact > 0
+		} else {
+			for _, a := range s.active[:s.nact] {
+				if a.cmd == proto.CmdFlush || overlaps(a, r) {
+					busy = true
+					break
+				}
+			}
+		}
+		if !busy && s.nact < MaxInflight {
+			break
+		}
+		s.tcond.Wait()
+	}
+	key := sreq{cmd: r.cmd, seq: r.seq, off: r.off, n: r.n}
+	if s.nact < len(s.active) {
+		s.active[s.nact] = key
+	} else {
+		s.active = append(s.active, key)
+	}
+	s.nact++
+	return true
+}
+
+func (s *secondary) untrack(seq uint64) {
+	s.tmu.Lock()
+	for i := 0; i < s.nact; i++ {
+		if s.active[i].seq == seq {
+			s.nact--
+			s.active[i] = s.active[s.nact]
+			break
+		}
+	}
+	s.tcond.Broadcast()
+	s.tmu.Unlock()
+}
+
+func (s *secondary) apply(r sreq) {
+	rep := sreply{seq: r.seq}
+	var err error
+	switch r.cmd {
+	case proto.CmdWrite:
+		_, err = s.dev.WriteAt(r.data, s.base+r.off)
+		putBuf(r.data)
+	case proto.CmdRead:
+		buf := getBuf(int(r.n))
+		if _, err = s.dev.ReadAt(buf, s.base+r.off); err != nil {
+			putBuf(buf)
+		} else {
+			rep.data = buf
+		}
+	case proto.CmdDelete:
+		err = s.dev.Discard(s.base+r.off, r.n)
+	case proto.CmdFlush:
+		err = s.dev.Flush()
+	}
+	if err != nil {
+		rep.errno = errnoOf(err)
+		s.log.Error().Err(err).Uint8("cmd", r.cmd).Int64("offset", r.off).Int64("length", r.n).Msg("request failed")
+	}
+	s.untrack(r.seq)
+	s.queueReply(rep)
+}
+
+func (s *secondary) queueReply(r sreply) {
+	s.rmu.Lock()
+	s.replies = append(s.replies, r)
+	s.rmu.Unlock()
+	select {
+	case s.rkick <- struct{}{}:
+	default:
+	}
+}
+
+// replyLoop sends queued replies on c2, all that are waiting in one writev.
+func (s *secondary) replyLoop() {
+	var (
+		batch, spare []sreply
+		hdr          []byte
+		spans        []int
+		payloads     [][]byte
+		bufs         net.Buffers
+		nvl          nv.List
+		scratch      []byte
+	)
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.rkick:
+		}
+		s.rmu.Lock()
+		batch, s.replies = s.replies, spare[:0]
+		s.rmu.Unlock()
+		if len(batch) == 0 {
+			spare = batch
+			continue
+		}
+		hdr, spans, payloads = hdr[:0], spans[:0], payloads[:0]
+		for _, r := range batch {
+			nvl.Reset()
+			nvl.AddUint64("seq", r.seq)
+			var payload []byte
+			switch {
+			case r.received:
+				nvl.AddInt8("received", 1)
+			case r.errno != 0:
+				nvl.AddInt16("error", int16(r.errno))
+			case r.data != nil:
+				var err error
+				// Replies to reads go through the pipeline with our own settings (as HAST does).
+				payload, err = proto.EncodeData(&nvl, r.data, s.cfg.Compression, s.cfg.Checksum, scratch[len(scratch):])
+				if err != nil {
+					s.fail(fmt.Errorf("encode read reply: %w", err))
+					return
+				}
+			}
+			start := len(hdr)
+			hdr = proto.EncodeFrame(hdr, s.version, &nvl)
+			spans = append(spans, start, len(hdr))
+			payloads = append(payloads, payload)
+		}
+		bufs = bufs[:0]
+		for i := range batch {
+			bufs = append(bufs, hdr[spans[2*i]:spans[2*i+1]])
+			if len(payloads[i]) > 0 {
+				bufs = append(bufs, payloads[i])
+			}
+		}
+		s.c2.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
+		_, err := bufs.WriteTo(s.c2)
+		for _, r := range batch {
+			if r.data != nil {
+				putBuf(r.data)
+			}
+		}
+		if err != nil {
+			s.fail(fmt.Errorf("send replies: %w", err))
+			return
+		}
+		spare = batch
+	}
+}

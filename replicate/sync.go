@@ -1,0 +1,189 @@
+package replicate
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"hast/replicate/proto"
+)
+
+// syncWorkers is how many extents are copied at once; several chunks in flight keep both the
+// disks and the link busy where HAST copies one MAXPHYS chunk per round trip.
+const syncWorkers = 4
+
+// syncLoop copies every extent marked for synchronisation in the direction the handshake decided,
+// then applies HAST's counter rule for a completed sync (§11.1 rule 4). It ends early when the
+// link it was started for goes away; the extents not copied stay marked (and on disk) and the
+// next connection resumes with them.
+func (p *Primary) syncLoop(l *link) {
+	defer p.wg.Done()
+	p.mu.Lock()
+	pending := p.am.SyncPending()
+	src := p.syncSrc
+	p.syncing = true
+	p.syncTotal = int64(pending) * int64(p.ext)
+	p.syncDone.Store(0)
+	p.mu.Unlock()
+	start := time.Now()
+	if pending > 0 {
+		p.log.Info().Int64("bytes", p.syncTotal).Str("source", src.String()).
+			Msgf("Synchronization started. %d bytes to go.", p.syncTotal)
+		p.cfg.OnEvent(EventSyncStart)
+	} else {
+		p.log.Info().Msg("Nodes are in sync.")
+	}
+
+	var (
+		cmu     sync.Mutex
+		cursor  int
+		claimed = map[int]bool{}
+		failed  error
+	)
+	claim := func() (int, uint64, bool) {
+		cmu.Lock()
+		defer cmu.Unlock()
+		if failed != nil {
+			return 0, 0, false
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for pass := 0; pass < 2; pass++ {
+			e, ep, ok := p.am.NextSync(cursor)
+			for ok && claimed[e] {
+				e, ep, ok = p.am.NextSync(e + 1)
+			}
+			if ok {
+				claimed[e] = true
+				cursor = e + 1
+				return e, ep, true
+			}
+			cursor = 0
+		}
+		return 0, 0, false
+	}
+	release := func(e int, err error) {
+		cmu.Lock()
+		delete(claimed, e)
+		if err != nil && failed == nil {
+			failed = err
+		}
+		cmu.Unlock()
+	}
+	for {
+		var wg sync.WaitGroup
+		for range syncWorkers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, MaxIO)
+				for {
+					e, epoch, ok := claim()
+					if !ok {
+						return
+					}
+					err := p.syncExtent(l, src, e, buf, start)
+					if err == nil {
+						p.mu.Lock()
+						changed := p.am.SyncDone(e, epoch)
+						p.mu.Unlock()
+						if changed {
+							p.pers.later()
+						}
+					}
+					release(e, err)
+				}
+			}()
+		}
+		wg.Wait()
+		p.mu.Lock()
+		left := p.am.SyncPending()
+		p.mu.Unlock()
+		if failed != nil || left == 0 || p.lnk.Load() != l {
+			break
+		}
+		// Extents re-marked while we ran (a failed remote leg): go round again.
+		if !p.sleep(10 * time.Millisecond) {
+			break
+		}
+	}
+
+	done := p.syncDone.Load()
+	p.mu.Lock()
+	p.syncing = false
+	ok := failed == nil && p.am.SyncPending() == 0 && p.lnk.Load() == l
+	if ok {
+		// §11.1 rule 4: the nodes are in sync; take the counters that say so.
+		p.md.LocalCnt = p.peerCnt.RemoteCnt
+		p.md.RemoteCnt = p.peerCnt.LocalCnt
+		p.md.PeerRemoteCnt = p.peerCnt.RemoteCnt
+		p.syncSrc = SyncSrcUndef
+	}
+	p.mu.Unlock()
+	if !ok {
+		if pending > 0 || done > 0 {
+			p.log.Warn().Err(failed).Msgf("Synchronization interrupted after %v. %d bytes synchronized so far.", time.Since(start).Round(time.Millisecond), done)
+			p.cfg.OnEvent(EventSyncIntr)
+		}
+		return
+	}
+	if err := p.writeMetadata(); err != nil {
+		p.log.Error().Err(err).Msg("unable to record that the nodes are in sync")
+		return
+	}
+	if err := p.pers.now(); err != nil {
+		p.log.Error().Err(err).Msg("unable to write activemap after sync")
+	}
+	if done > 0 {
+		el := time.Since(start)
+		p.log.Info().Int64("bytes", done).Dur("took", el).
+			Msgf("Synchronization complete. %d bytes synchronized in %v (%.1f MiB/sec).", done, el.Round(time.Millisecond), float64(done)/el.Seconds()/(1<<20))
+		p.cfg.OnEvent(EventSyncDone)
+	}
+}
+
+// syncExtent copies one extent chunk by chunk, each chunk under the extent's sync lock.
+func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start time.Time) error {
+	p.mu.Lock()
+	off, n := p.am.ExtentRange(e)
+	p.mu.Unlock()
+	for o := int64(0); o < n; o += MaxIO {
+		if p.lnk.Load() != l {
+			return ErrDisconnected
+		}
+		ln := min(int64(MaxIO), n-o)
+		b := buf[:ln]
+		p.rl.lockSync(e)
+		var err error
+		if src == SyncSrcSecondary {
+			err = l.do(&rreq{cmd: proto.CmdRead, off: off + o, length: ln, data: b})
+			if err == nil {
+				_, err = p.dev.WriteAt(b, p.base+off+o)
+				if err != nil {
+					p.st.writeErr.Add(1)
+				}
+			}
+		} else {
+			_, err = p.dev.ReadAt(b, p.base+off+o)
+			if err != nil {
+				p.st.readErr.Add(1)
+			} else {
+				err = l.do(&rreq{cmd: proto.CmdWrite, off: off + o, length: ln, data: b})
+			}
+		}
+		p.rl.unlockSync(e)
+		if err != nil {
+			return fmt.Errorf("sync extent %d at %d: %w", e, off+o, err)
+		}
+		total := p.syncDone.Add(ln)
+		p.st.synced.Add(uint64(ln))
+		if p.cfg.SyncRate > 0 {
+			// Stay on the line total/rate: sleep off whatever we are ahead of it.
+			ahead := time.Duration(float64(total)/float64(p.cfg.SyncRate)*float64(time.Second)) - time.Since(start)
+			if ahead > 0 && !p.sleep(ahead) {
+				return ErrNotPrimary
+			}
+		}
+	}
+	return nil
+}
