@@ -347,3 +347,37 @@ func TestBlockDevice(t *testing.T) {
 		})
 	}
 }
+
+func TestOpenReadOnly(t *testing.T) {
+	d, p := openTestFile(t, 1<<20)
+	md, err := Create(d, "r", CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// hast dump reads a component a running daemon holds locked.
+	ro, err := OpenReadOnly(p)
+	if err != nil {
+		t.Fatalf("OpenReadOnly while locked: %v", err)
+	}
+	defer ro.Close()
+	if ro.Size() != 1<<20 || ro.SectorSize() != 512 {
+		t.Fatalf("Size %d SectorSize %d", ro.Size(), ro.SectorSize())
+	}
+	got, err := ReadMetadata(ro, "r")
+	if err != nil || *got != *md {
+		t.Fatalf("ReadMetadata via read-only device = %+v, %v", got, err)
+	}
+	if _, err := ro.WriteAt([]byte{1}, 0); err == nil || !strings.Contains(err.Error(), p) {
+		t.Fatalf("write through a read-only device = %v", err)
+	}
+	if _, err := OpenReadOnly(filepath.Dir(p)); err == nil {
+		t.Fatalf("OpenReadOnly accepted a directory")
+	}
+	// It takes no lock, so the owner can still reopen after closing.
+	d.Close()
+	d2, err := Open(p)
+	if err != nil {
+		t.Fatalf("Open while a read-only handle exists: %v", err)
+	}
+	d2.Close()
+}

@@ -107,7 +107,6 @@ func TestWriteMetadataGolden(t *testing.T) {
 		t.Fatalf("WriteMetadata wrote past the 4096-byte block")
 	}
 }
-}
 
 func TestReadMetadataHASTWrittenBlock(t *testing.T) {
 	// A block as FreeBSD's hastd writes it: no peerremotecnt.

@@ -195,9 +195,6 @@ func (p *Primary) connect() (err error) {
 		if err != nil {
 			return fmt.Errorf("handshake bitmap: %w", err)
 		}
-		if len(bm) != p.am.MapSize() {
-			return fmt.Errorf("peer bitmap is %d bytes, want %d", len(bm), p.am.MapSize())
-		}
 	}
 	_, peerVirgin := in.Int8("virgin")
 

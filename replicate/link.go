@@ -177,6 +177,11 @@ func (l *link) sendLoop() {
 			continue
 		}
 		l.mu.Lock()
+		if len(l.queue) == 0 {
+			l.mu.Unlock()
+			continue
+		}
+		// Swap in the previous batch's array: queue and batch never share one.
 		batch := l.queue
 		l.queue = l.spare[:0]
 		if len(l.pending) == 0 {
@@ -187,9 +192,6 @@ func (l *link) sendLoop() {
 			l.pending[r.seq] = r
 		}
 		l.mu.Unlock()
-		if len(batch) == 0 {
-			continue
-		}
 		hdr, spans, payloads = hdr[:0], spans[:0], payloads[:0]
 		for _, r := range batch {
 			nvl.Reset()

@@ -32,7 +32,7 @@ func FuzzReadFrame(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := NewReader(bytes.NewReader(b), 1<<16)
-		var dst []byte
+		dst := make([]byte, 1<<16)
 		for {
 			v, l, data, err := r.Next()
 			if err != nil {

@@ -195,7 +195,7 @@ func DecodeData(l *nv.List, payload []byte, dst []byte) ([]byte, error) {
 // ErrHashMismatch), then decompresses according to "compression" into dst, grown if
 // needed, refusing to produce more than maxSize bytes (ErrFrameTooLarge). Unknown
 // algorithm names are ErrUnknownAlgorithm. Without a "compression" field the payload
-// itself is returned.
+// itself is returned. dst must not overlap payload.
 func DecodeDataLimit(l *nv.List, payload []byte, dst []byte, maxSize int) ([]byte, error) {
 	if err := checkSize(l, len(payload)); err != nil {
 		return nil, err
