@@ -36,6 +36,7 @@ const usage = `usage: hast <verb> [options] ...
   hast list    [-d] [-c config] [--node NAME] [-o json] [all | name ...]
   hast status  [-d] [-c config] [--node NAME] [-o json] [all | name ...]
   hast dump    [-d] [-c config] [--node NAME] [all | name ...]
+  hast attach  [-c config] [--node NAME] name        (qemu -drive / libvirt <disk> for the NBD export)
   hast demo    [--keep] [--size BYTES]
 Invoked as hastctl, the verb is the first argument; invoked as hastd, it runs the daemon.
 `
@@ -63,6 +64,8 @@ func (c *CLI) Main(args []string) int {
 		err = c.dump(rest)
 	case "demo":
 		err = c.demo(rest)
+	case "attach":
+		err = c.attach(rest)
 	case "help", "-h", "--help":
 		fmt.Fprint(c.Stdout, usage)
 		return exOK

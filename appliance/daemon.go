@@ -413,6 +413,13 @@ func (d *Daemon) unexport(name string, force bool) error {
 
 // ----- control API -----
 
+// frontends says where primary volumes are served.
+type frontends struct {
+	NBD     []string `json:"nbd,omitempty"`
+	FUSE    string   `json:"fuse,omitempty"`
+	Exports []string `json:"exports"`
+}
+
 type roleRequest struct {
 	Role      string   `json:"role"`
 	Resources []string `json:"resources"`
@@ -503,6 +510,9 @@ func (d *Daemon) api() http.Handler {
 			}
 		}
 		writeJSON(w, out)
+	})
+	mux.HandleFunc("GET /"+APIVersion+"/frontends", func(w http.ResponseWriter, req *http.Request) {
+		writeJSON(w, frontends{NBD: d.opt.NBD, FUSE: d.opt.FUSE, Exports: d.Names()})
 	})
 	mux.HandleFunc("POST /"+APIVersion+"/reload", func(w http.ResponseWriter, req *http.Request) {
 		if err := d.Reload(); err != nil {

@@ -191,7 +191,7 @@ func (p *Primary) connect() (err error) {
 	}
 	var bm []byte
 	if ms, ok := in.Uint32("mapsize"); ok && ms > 0 {
-		bm, err = proto.DecodeData(in, data, nil)
+		bm, err = proto.DecodeDataLimit(in, data, nil, handshakeMaxData)
 		if err != nil {
 			return fmt.Errorf("handshake bitmap: %w", err)
 		}
