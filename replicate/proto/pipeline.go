@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math"
+	"unsafe"
 
 	"hast/internal/lzf"
 	"hast/internal/nv"
@@ -118,6 +119,17 @@ func allZero(p []byte) bool {
 	return true
 }
 
+// overlaps reports whether the array behind dst (up to its capacity) shares any byte
+// with p; decompressing in place would overwrite input not yet read.
+func overlaps(dst, p []byte) bool {
+	if cap(dst) == 0 || len(p) == 0 {
+		return false
+	}
+	d := uintptr(unsafe.Pointer(unsafe.SliceData(dst)))
+	s := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
+	return d < s+uintptr(len(p)) && s < d+uintptr(cap(dst))
+}
+
 // resize returns b with length n, reusing its array when it is large enough.
 func resize(b []byte, n int) []byte {
 	if cap(b) < n {
@@ -195,7 +207,9 @@ func DecodeData(l *nv.List, payload []byte, dst []byte) ([]byte, error) {
 // ErrHashMismatch), then decompresses according to "compression" into dst, grown if
 // needed, refusing to produce more than maxSize bytes (ErrFrameTooLarge). Unknown
 // algorithm names are ErrUnknownAlgorithm. Without a "compression" field the payload
-// itself is returned. dst must not overlap payload.
+// itself is returned. A dst that shares memory with payload (for instance the result of
+// an earlier uncompressed DecodeData, which aliases the Reader's buffer) is not
+// written to; a new buffer is allocated instead.
 func DecodeDataLimit(l *nv.List, payload []byte, dst []byte, maxSize int) ([]byte, error) {
 	if err := checkSize(l, len(payload)); err != nil {
 		return nil, err
@@ -227,6 +241,9 @@ func DecodeDataLimit(l *nv.List, payload []byte, dst []byte, maxSize int) ([]byt
 	orig = binary.LittleEndian.Uint32(payload)
 	if uint64(orig) > uint64(maxSize) {
 		return nil, fmt.Errorf("%w: %s data decompresses to %d bytes, limit %d", ErrFrameTooLarge, algo, orig, maxSize)
+	}
+	if overlaps(dst, payload) {
+		dst = nil
 	}
 	dst = resize(dst, int(orig))
 	if algo == "hole" {

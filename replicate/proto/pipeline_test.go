@@ -480,3 +480,32 @@ func BenchmarkReaderNext(b *testing.B) {
 		}
 	}
 }
+
+func TestDecodeDataOverlappingDst(t *testing.T) {
+	p := bytes.Repeat([]byte("overlap me "), 500)
+	for _, c := range []Compression{CompressionHole, CompressionLZF} {
+		in := p
+		if c == CompressionHole {
+			in = make([]byte, 4096)
+		}
+		var l nv.List
+		payload, err := EncodeData(&l, in, c, ChecksumNone, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The payload sits inside a buffer that is also offered as dst, as when a
+		// caller reuses the result of an earlier uncompressed reply (an alias of the
+		// Reader's data buffer) for the next, compressed one.
+		shared := make([]byte, 8192)
+		n := copy(shared, payload)
+		for _, dst := range [][]byte{shared[:0], shared[2:2], shared[n-1 : n-1]} {
+			out, err := DecodeData(&l, shared[:n], dst)
+			if err != nil || !bytes.Equal(out, in) {
+				t.Fatalf("%v: overlapping dst corrupted the result (%v)", c, err)
+			}
+		}
+		if !overlaps(shared[:0], shared[5:6]) || overlaps(shared[:0:4], shared[4:8]) || overlaps(shared[8:8], shared[:8]) {
+			t.Fatal("overlaps is wrong")
+		}
+	}
+}
