@@ -103,7 +103,10 @@ func TestClientConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			var seed [32]byte
+			seed[0] = byte(w)
+			src := rand.NewChaCha8(seed)
+			rng := rand.New(src)
 			base := int64(w * perW)
 			shadow := make([]byte, perW)
 			buf := make([]byte, block)
@@ -120,9 +123,7 @@ func TestClientConcurrent(t *testing.T) {
 					}
 					continue
 				}
-				for j := range buf {
-					buf[j] = byte(rng.Uint32())
-				}
+				src.Read(buf)
 				copy(shadow[off:], buf)
 				if _, err := c.WriteAt(buf, base+off); err != nil {
 					errs <- err

@@ -37,11 +37,15 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
+	remote := "unknown"
+	if a := nc.RemoteAddr(); a != nil {
+		remote = a.String()
+	}
 	c := &conn{
 		srv:  s,
 		nc:   nc,
 		br:   bufio.NewReaderSize(nc, 64<<10),
-		log:  s.log.With().Str("remote", nc.RemoteAddr().String()).Logger(),
+		log:  s.log.With().Str("remote", remote).Logger(),
 		done: make(chan struct{}),
 	}
 	c.budget.init(inFlightBytes)
@@ -191,6 +195,11 @@ func (c *conn) readLoop(ex *export) error {
 			c.replies <- r
 			continue
 		}
+		if r.length == 0 && r.typ != cmdFlush {
+			// Valid but empty (the spec does not forbid it): nothing for the volume to do.
+			c.replies <- r
+			continue
+		}
 		switch r.typ {
 		case cmdWrite:
 			if !c.budget.acquire(int64(r.length)) {
@@ -235,14 +244,11 @@ func validate(ex *export, r *request) Errno {
 	}
 	switch r.typ {
 	case cmdFlush:
-		// Offset and length are reserved; the kernel client has been known to fill them, and
-		// a flush touches no range, so they are ignored.
+		// Offset and length are reserved (zero). A flush covers no range, so stray values
+		// are tolerated rather than failing a flush over them.
 		return 0
 	case cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes:
 	default:
-		return EINVAL
-	}
-	if r.length == 0 {
 		return EINVAL
 	}
 	if r.typ == cmdRead && r.length > MaxRequest {

@@ -18,7 +18,8 @@
 // Transmission supports READ, WRITE (with FUA), DISC, FLUSH, TRIM and WRITE_ZEROES. Requests are
 // validated before anything reaches the Volume: misaligned or out-of-range requests, unknown
 // commands and unknown flags get NBD_EINVAL (NBD_ENOSPC for writes past the end), a WRITE whose
-// payload exceeds 32 MiB or a request with a bad magic closes the connection. Volume errors map to
+// payload exceeds 32 MiB or a request with a bad magic closes the connection. Empty (zero-length)
+// requests at a valid offset succeed without reaching the Volume. Volume errors map to
 // NBD_EIO, except replicate.ErrRange (NBD_EINVAL) and replicate.ErrNotPrimary (NBD_ESHUTDOWN, after
 // which the connection is closed).
 //

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"syscall"
@@ -218,6 +219,11 @@ func startServer(t testing.TB, exp Exports) *testServer {
 	served := make(chan error, 2)
 	go func() { served <- s.Serve(ul) }()
 	go func() { served <- s.Serve(tl) }()
+	// Wait until both Serve calls run, so that Close below must make them return nil (a Serve
+	// that starts after Close returns ErrServerClosed instead).
+	for s.listenerCount() < 2 {
+		runtime.Gosched()
+	}
 	t.Cleanup(func() {
 		if err := s.Close(); err != nil {
 			t.Errorf("Close: %v", err)
@@ -229,6 +235,12 @@ func startServer(t testing.TB, exp Exports) *testServer {
 		}
 	})
 	return &testServer{Server: s, sock: sock, tcpAddr: tl.Addr().String()}
+}
+
+func (s *Server) listenerCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.listeners)
 }
 
 // connCount is the number of connections the server holds.

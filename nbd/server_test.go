@@ -239,8 +239,8 @@ func TestHandshakeAbuseCloses(t *testing.T) {
 	}
 }
 
-// TestRequestRefusals sends malformed requests after NBD_OPT_GO: each gets the right error,
-// the connection stays usable, and nothing reaches the volume.
+// TestRequestRefusals sends malformed (and empty) requests after NBD_OPT_GO: each gets the
+// right reply, the connection stays usable, and nothing reaches the volume.
 func TestRequestRefusals(t *testing.T) {
 	const size = 1 << 20
 	cases := []struct {
@@ -257,7 +257,8 @@ func TestRequestRefusals(t *testing.T) {
 		{"read offset overflow", 0, tCmdRead, 1<<64 - 512, 1024, false, tEINVAL},
 		{"read misaligned offset", 0, tCmdRead, 100, 512, false, tEINVAL},
 		{"read misaligned length", 0, tCmdRead, 0, 100, false, tEINVAL},
-		{"read zero length", 0, tCmdRead, 0, 0, false, tEINVAL},
+		{"read zero length past end", 0, tCmdRead, size + 512, 0, false, tEINVAL},
+		{"read zero length", 0, tCmdRead, 512, 0, false, 0},
 		{"read too long", 0, tCmdRead, 0, 32<<20 + 512, false, tEINVAL},
 		{"read with DF", tFlagDF, tCmdRead, 0, 512, false, tEINVAL},
 		{"write past end", 0, tCmdWrite, size - 512, 1024, true, tENOSPC},
@@ -266,7 +267,10 @@ func TestRequestRefusals(t *testing.T) {
 		{"write misaligned length", 0, tCmdWrite, 0, 513, true, tEINVAL},
 		{"write unknown flag", 1 << 9, tCmdWrite, 0, 512, true, tEINVAL},
 		{"write NO_HOLE", tFlagNoHole, tCmdWrite, 0, 512, true, tEINVAL},
-		{"write zero length", 0, tCmdWrite, 0, 0, false, tEINVAL},
+		{"write zero length", tFlagFUA, tCmdWrite, 0, 0, false, 0},
+		{"write zero length misaligned", 0, tCmdWrite, 1, 0, false, tEINVAL},
+		{"trim zero length at end", 0, tCmdTrim, size, 0, false, 0},
+		{"write-zeroes zero length", 0, tCmdWriteZeroes, 4096, 0, false, 0},
 		{"trim past end", 0, tCmdTrim, size - 512, 1024, false, tEINVAL},
 		{"trim misaligned", 0, tCmdTrim, 256, 512, false, tEINVAL},
 		{"write-zeroes past end", tFlagNoHole, tCmdWriteZeroes, size, 512, false, tENOSPC},

@@ -32,6 +32,9 @@ type Acceptor struct {
 	Known   func(ip net.IP) bool
 	Timeout time.Duration
 	Log     zerolog.Logger
+	// Upgrade, if set, runs on every accepted connection before the handshake (link security:
+	// it may wrap the connection in TLS, or refuse it). It returns the connection to use.
+	Upgrade func(c net.Conn) (net.Conn, error)
 
 	mu      sync.Mutex
 	pending map[string]*halfOpen
@@ -86,6 +89,15 @@ func (a *Acceptor) handle(c net.Conn) {
 		return
 	}
 	c.SetDeadline(time.Now().Add(a.timeout()))
+	if a.Upgrade != nil {
+		uc, err := a.Upgrade(c)
+		if err != nil {
+			log.Warn().Err(err).Msg("connection refused by link security")
+			c.Close()
+			return
+		}
+		c = uc
+	}
 	rd := proto.NewReader(c, 0)
 	_, msg, _, err := rd.Next()
 	if err != nil {
