@@ -37,6 +37,7 @@ const usage = `usage: hast <verb> [options] ...
   hast status  [-d] [-c config] [--node NAME] [-o json] [all | name ...]
   hast dump    [-d] [-c config] [--node NAME] [all | name ...]
   hast attach  [-c config] [--node NAME] name        (qemu -drive / libvirt <disk> for the NBD export)
+  hast verify  [-c config] [--node NAME] [--rate SIZE] [--no-wait] name   (online verify, repairs from the primary)
   hast demo    [--keep] [--size BYTES]
 Invoked as hastctl, the verb is the first argument; invoked as hastd, it runs the daemon.
 `
@@ -66,6 +67,8 @@ func (c *CLI) Main(args []string) int {
 		err = c.demo(rest)
 	case "attach":
 		err = c.attach(rest)
+	case "verify":
+		err = c.verify(rest)
 	case "help", "-h", "--help":
 		fmt.Fprint(c.Stdout, usage)
 		return exOK
@@ -401,6 +404,68 @@ func (c *CLI) client(cm *common) (*Client, error) {
 		return nil, exitErr(exOSErr, err)
 	}
 	return cl, nil
+}
+
+// Verify starts an online verify of resource on the daemon.
+func (cl *Client) Verify(resource string, rate int64) error {
+	var out map[string]string
+	return cl.do("POST", "/verify", map[string]any{"resource": resource, "rate": rate}, &out)
+}
+
+func (c *CLI) verify(args []string) error {
+	cm := c.flags("verify")
+	rate := cm.fs.String("rate", "", "limit verify to this many bytes per second (k/m/g suffixes)")
+	noWait := cm.fs.Bool("no-wait", false, "start the verify and return")
+	if err := cm.parse(args); err != nil {
+		return err
+	}
+	if cm.fs.NArg() != 1 {
+		fmt.Fprint(c.Stderr, usage)
+		return exitErr(exUsage, errQuiet)
+	}
+	r, err := parseSize(*rate, "rate")
+	if err != nil {
+		return err
+	}
+	name := cm.fs.Arg(0)
+	cl, err := c.client(cm)
+	if err != nil {
+		return err
+	}
+	if err := cl.Verify(name, r); err != nil {
+		return err
+	}
+	if *noWait {
+		fmt.Fprintf(c.Stdout, "%s: verify started\n", name)
+		return nil
+	}
+	last := time.Time{}
+	for {
+		st, err := cl.Status(name)
+		if err != nil {
+			return err
+		}
+		v := st[0].Verify
+		if v == nil {
+			return exitErr(exSoftware, fmt.Errorf("%s: the daemon reports no verify", name))
+		}
+		if !v.Running {
+			fmt.Fprintf(c.Stdout, "%s: verified %d bytes in %v, %d extents differed", name, v.Done, v.Finished.Sub(v.Started).Round(time.Millisecond), len(v.Mismatched))
+			if len(v.Mismatched) > 0 {
+				fmt.Fprintf(c.Stdout, " (extents %v; resynchronised from the primary)", v.Mismatched)
+			}
+			fmt.Fprintln(c.Stdout)
+			if v.Error != "" {
+				return exitErr(exSoftware, fmt.Errorf("verify stopped: %s", v.Error))
+			}
+			return nil
+		}
+		if time.Since(last) > 2*time.Second && v.Total > 0 {
+			fmt.Fprintf(c.Stdout, "%s: %d of %d bytes (%.0f%%), %d extents differ so far\n", name, v.Done, v.Total, 100*float64(v.Done)/float64(v.Total), len(v.Mismatched))
+			last = time.Now()
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func (c *CLI) role(args []string) error {

@@ -511,6 +511,28 @@ func (d *Daemon) api() http.Handler {
 		}
 		writeJSON(w, out)
 	})
+	mux.HandleFunc("POST /"+APIVersion+"/verify", func(w http.ResponseWriter, req *http.Request) {
+		var vr struct {
+			Resource string `json:"resource"`
+			Rate     int64  `json:"rate"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<16)).Decode(&vr); err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		d.mu.Lock()
+		r := d.resources[vr.Resource]
+		d.mu.Unlock()
+		if r == nil {
+			http.Error(w, "no such resource: "+vr.Resource, http.StatusNotFound)
+			return
+		}
+		if err := r.verify(vr.Rate); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		writeJSON(w, map[string]string{"result": "started"})
+	})
 	mux.HandleFunc("GET /"+APIVersion+"/frontends", func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, frontends{NBD: d.opt.NBD, FUSE: d.opt.FUSE, Exports: d.Names()})
 	})

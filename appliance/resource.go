@@ -330,6 +330,8 @@ type ResourceStatus struct {
 	DataSize    int64  `json:"datasize,omitempty"`
 	LastError   string `json:"last_error,omitempty"`
 
+	Verify *replicate.VerifyStatus `json:"verify,omitempty"`
+
 	Stats replicate.Stats `json:"statistics"`
 	Queue struct {
 		Local, Send, Recv, Done, Idle int
@@ -364,6 +366,9 @@ func (r *resource) status() ResourceStatus {
 			s.SyncSource, s.SyncTotal, s.SyncDone = ps.SyncSource.String(), ps.SyncTotal, ps.SyncDone
 		}
 		s.Stats = ps.Stats
+		if v := r.primary.VerifyProgress(); !v.Started.IsZero() {
+			s.Verify = &v
+		}
 		s.Queue.Local = ps.Inflight
 		s.Queue.Idle = replicate.MaxInflight - ps.Inflight
 	case RoleSecondary:
@@ -374,6 +379,16 @@ func (r *resource) status() ResourceStatus {
 		}
 	}
 	return s
+}
+
+// verify starts an online verify; only the primary can run one.
+func (r *resource) verify(rate int64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.role != RolePrimary {
+		return fmt.Errorf("%s is %s here; run verify on the primary", r.cfg.Name, r.role)
+	}
+	return r.primary.Verify(rate)
 }
 
 func (r *resource) shutdown() {

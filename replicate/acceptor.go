@@ -151,6 +151,7 @@ func (a *Acceptor) handle(c net.Conn) {
 		var out nv.List
 		out.AddUint8("version", version)
 		out.AddUint8Array("token", tok[:])
+		out.AddUint32("x_features", ourFeatures)
 		if err := proto.WriteFrame(c, version, &out, nil); err != nil {
 			log.Warn().Err(err).Msg("unable to answer the handshake")
 			c.Close()

@@ -321,3 +321,44 @@ func TestActivemapDurableBeforeData(t *testing.T) {
 		t.Fatalf("%d of %d data writes reached the disk before their extent was durably marked", od.bad, od.checked)
 	}
 }
+
+func TestOnlineVerifyFindsAndRepairsDivergence(t *testing.T) {
+	pt := newPair(t, ModeFullsync, nil)
+	rng := rand.New(rand.NewPCG(11, 12))
+	if _, err := pt.p.WriteAt(randBlock(rng, 256<<10), 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	// Silent corruption on the secondary, behind the engine's back.
+	soff := localOff(t, pt.smem) + 3<<20 + 8192
+	if _, err := pt.smem.WriteAt(bytes.Repeat([]byte{0x5a}, 512), soff); err != nil {
+		t.Fatal(err)
+	}
+	if err := pt.p.Verify(0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for pt.p.VerifyProgress().Running {
+		if time.Now().After(deadline) {
+			t.Fatal("verify did not finish")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	v := pt.p.VerifyProgress()
+	if v.Error != "" || len(v.Mismatched) != 1 || v.Mismatched[0] != 3 || v.Done != v.Total {
+		t.Fatalf("verify result %+v, want extent 3 mismatched and everything checked", v)
+	}
+	pt.waitSynced(t)
+	if !bytes.Equal(dataOf(t, pt.pmem), dataOf(t, pt.smem)) {
+		t.Fatal("verify did not repair the secondary")
+	}
+	// A second pass finds nothing.
+	if err := pt.p.Verify(0); err != nil {
+		t.Fatal(err)
+	}
+	for pt.p.VerifyProgress().Running {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v := pt.p.VerifyProgress(); len(v.Mismatched) != 0 || v.Error != "" {
+		t.Fatalf("second verify: %+v", v)
+	}
+}

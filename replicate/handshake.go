@@ -119,6 +119,7 @@ func (p *Primary) connect() (err error) {
 		return errors.New("handshake reply has no valid token")
 	}
 	token = append([]byte(nil), token...)
+	features, _ := in.Uint32("x_features")
 
 	virgin := false
 	p.mu.Lock()
@@ -227,14 +228,14 @@ func (p *Primary) connect() (err error) {
 		p.log.Warn().Msg("peer speaks protocol 1: memsync falls back to fullsync")
 	}
 	l := newLink(c1, c2, version, cfg, p.log, p.linkDown)
+	l.features = features
 	p.mu.Lock()
 	p.splitBrain = false
 	p.mu.Unlock()
 	p.lnk.Store(l)
 	p.log.Info().Str("remote", cfg.Remote).Str("syncsrc", SyncSource(ssrc).String()).Msg("connected to the peer")
 	cfg.OnEvent(EventConnect)
-	p.wg.Add(1)
-	go p.syncLoop(l)
+	p.startSync(l)
 	return nil
 }
 

@@ -40,10 +40,11 @@ type rreq struct {
 // come back on C2 (HAST's layout). One goroutine sends, draining everything queued into a single
 // writev; one goroutine receives and completes requests by sequence number.
 type link struct {
-	out, in net.Conn
-	version uint8
-	cfg     *Config
-	log     zerolog.Logger
+	out, in  net.Conn
+	version  uint8
+	features uint32 // extensions the peer advertised
+	cfg      *Config
+	log      zerolog.Logger
 
 	mu      sync.Mutex
 	queue   []*rreq
@@ -284,6 +285,13 @@ func (l *link) recvLoop() {
 		var rerr error
 		if e, ok := msg.Int16("error"); ok && e != 0 {
 			rerr = fmt.Errorf("remote request failed: %w", syscall.Errno(e))
+		} else if r.cmd == CmdDigest {
+			d, ok := msg.Uint8Array("digest")
+			if !ok || len(d) != len(r.data) {
+				rerr = errors.New("digest reply without a valid digest")
+			} else {
+				copy(r.data, d)
+			}
 		} else if r.cmd == proto.CmdRead {
 			dec, err = proto.DecodeData(msg, data, dec[:0])
 			switch {

@@ -67,6 +67,7 @@ type Primary struct {
 	unflushedIdx []int
 	syncSrc      SyncSource
 	peerCnt      Counters // the peer's counters from the last handshake
+	verify       VerifyStatus
 	splitBrain   bool
 	syncing      bool
 	syncTotal    int64

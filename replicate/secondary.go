@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -33,6 +34,7 @@ type sreply struct {
 	received bool
 	errno    syscall.Errno
 	data     []byte // READ result (pooled), nil otherwise
+	digest   *[sha256.Size]byte
 }
 
 // secondary is one connected session of a resource on the node where it is secondary.
@@ -284,14 +286,15 @@ func (s *secondary) validate(cmd uint8, seq uint64, msg *nv.List, payload []byte
 	switch cmd {
 	case proto.CmdFlush:
 		return r, 0
-	case proto.CmdRead, proto.CmdWrite, proto.CmdDelete:
+	case proto.CmdRead, proto.CmdWrite, proto.CmdDelete, CmdDigest:
 	default:
 		return r, syscall.EINVAL
 	}
 	off, ok1 := msg.Uint64("offset")
 	n, ok2 := msg.Uint64("length")
 	if !ok1 || !ok2 || n == 0 || off%uint64(s.sect) != 0 || n%uint64(s.sect) != 0 ||
-		off > uint64(s.size) || n > uint64(s.size)-off || (cmd != proto.CmdDelete && n > MaxRecvIO) {
+		off > uint64(s.size) || n > uint64(s.size)-off ||
+		(cmd == CmdDigest && n > maxDigestLen) || (cmd != proto.CmdDelete && cmd != CmdDigest && n > MaxRecvIO) {
 		return r, syscall.EINVAL
 	}
 	r.off, r.n = int64(off), int64(n)
@@ -379,6 +382,13 @@ func (s *secondary) apply(r sreq) {
 		} else {
 			rep.data = buf
 		}
+	case CmdDigest:
+		buf := getBuf(int(r.n))
+		if _, err = s.dev.ReadAt(buf, s.base+r.off); err == nil {
+			d := sha256.Sum256(buf)
+			rep.digest = &d
+		}
+		putBuf(buf)
 	case proto.CmdDelete:
 		err = s.dev.Discard(s.base+r.off, r.n)
 	case proto.CmdFlush:
@@ -436,6 +446,8 @@ func (s *secondary) replyLoop() {
 				nvl.AddInt8("received", 1)
 			case r.errno != 0:
 				nvl.AddInt16("error", int16(r.errno))
+			case r.digest != nil:
+				nvl.AddUint8Array("digest", r.digest[:])
 			case r.data != nil:
 				var err error
 				// Replies to reads go through the pipeline with our own settings (as HAST does).

@@ -16,6 +16,19 @@ const syncWorkers = 4
 // then applies HAST's counter rule for a completed sync (§11.1 rule 4). It ends early when the
 // link it was started for goes away; the extents not copied stay marked (and on disk) and the
 // next connection resumes with them.
+// startSync runs a synchronisation pass on l unless one is running.
+func (p *Primary) startSync(l *link) {
+	p.mu.Lock()
+	if p.syncing || p.lnk.Load() != l {
+		p.mu.Unlock()
+		return
+	}
+	p.syncing = true
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go p.syncLoop(l)
+}
+
 func (p *Primary) syncLoop(l *link) {
 	defer p.wg.Done()
 	p.mu.Lock()
@@ -109,6 +122,12 @@ func (p *Primary) syncLoop(l *link) {
 	}
 
 	done := p.syncDone.Load()
+	defer func() {
+		// A link that came up while this pass was ending found it still running: give it its own.
+		if cur := p.lnk.Load(); cur != nil && cur != l {
+			p.startSync(cur)
+		}
+	}()
 	p.mu.Lock()
 	p.syncing = false
 	ok := failed == nil && p.am.SyncPending() == 0 && p.lnk.Load() == l

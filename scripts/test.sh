@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 need=()
-for pair in fio:fio qemu-io:qemu-utils qemu-img:qemu-utils nbdkit:nbdkit mkfs.ext4:e2fsprogs losetup:util-linux ip:iproute2; do
+for pair in fio:fio qemu-io:qemu-utils qemu-img:qemu-utils nbdkit:nbdkit mkfs.ext4:e2fsprogs losetup:util-linux ip:iproute2 nft:nftables; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -15,3 +15,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 go vet ./...
 go test -race -timeout 20m ./...
+# Every fuzz target runs for a bounded time on top of its seed corpus (which `go test` already ran).
+fuzztime=${HAST_FUZZTIME:-5s}
+grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u | while read -r dir; do
+	for target in $(grep -h '^func Fuzz' "$dir"/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do
+		echo "fuzz $dir $target ($fuzztime)"
+		if ! out=$(go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$dir" 2>&1); then
+			echo "$out"
+			exit 1
+		fi
+	done
+done
+echo "fuzzing: no failures"
