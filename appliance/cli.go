@@ -38,6 +38,8 @@ const usage = `usage: hast <verb> [options] ...
   hast dump    [-d] [-c config] [--node NAME] [all | name ...]
   hast attach  [-c config] [--node NAME] name        (qemu -drive / libvirt <disk> for the NBD export)
   hast verify  [-c config] [--node NAME] [--rate SIZE] [--no-wait] name   (online verify, repairs from the primary)
+  hast split-brain [-c config] [--node NAME] [-o json] name   (what diverged when both nodes were primary)
+  hast resolve [-c config] [--node NAME] --keep local|remote name   (saves the losing side, resyncs only what diverged)
   hast demo    [--keep] [--size BYTES]
 Invoked as hastctl, the verb is the first argument; invoked as hastd, it runs the daemon.
 `
@@ -69,6 +71,10 @@ func (c *CLI) Main(args []string) int {
 		err = c.attach(rest)
 	case "verify":
 		err = c.verify(rest)
+	case "split-brain":
+		err = c.splitBrain(rest)
+	case "resolve":
+		err = c.resolve(rest)
 	case "help", "-h", "--help":
 		fmt.Fprint(c.Stdout, usage)
 		return exOK
@@ -113,11 +119,27 @@ func (f countFlag) String() string   { return "" }
 func (f countFlag) Set(string) error { *f.n++; return nil }
 func (f countFlag) IsBoolFlag() bool { return true }
 
+// parse accepts options before and after the operands (`hast resolve disk1 --keep remote`);
+// "--" ends the options.
 func (cm *common) parse(args []string) error {
-	if err := cm.fs.Parse(args); err != nil {
-		return exitErr(exUsage, errQuiet)
+	var operands []string
+	for {
+		if err := cm.fs.Parse(args); err != nil {
+			return exitErr(exUsage, errQuiet)
+		}
+		rest := cm.fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			operands = append(operands, rest...)
+			break
+		}
+		operands = append(operands, rest[0])
+		args = rest[1:]
 	}
-	return nil
+	// Re-parse the operands alone so fs.Args() returns them.
+	return cm.fs.Parse(append([]string{"--"}, operands...))
 }
 
 func (cm *common) load() (*config.Config, error) {
@@ -154,6 +176,7 @@ func (c *CLI) daemon(args []string) error {
 	cm.fs.Bool("F", true, "run in the foreground (always; accepted for compatibility)")
 	cm.fs.Var(&nbdAddrs, "nbd", "export primary volumes over NBD on this address (unix:///path or tcp://127.0.0.1:10809); repeatable")
 	cm.fs.StringVar(&opt.FUSE, "fuse", "", "mount the FUSE file view of primary volumes on this directory")
+	cm.fs.StringVar(&opt.StateDir, "state-dir", "/var/lib/hast", "where split-brain reports and discarded data are kept")
 	cm.fs.DurationVar(&opt.Reconnect, "reconnect-interval", 0, "how often a primary retries its peer (HAST: 10s)")
 	cm.fs.DurationVar(&opt.Keepalive, "keepalive-interval", 0, "idle time before a keepalive is sent (HAST: 10s)")
 	cm.fs.Int64Var(&opt.SyncRate, "sync-rate", 0, "limit resynchronisation to this many bytes per second (0: unlimited)")

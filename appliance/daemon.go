@@ -37,6 +37,7 @@ type Options struct {
 	Pidfile    string // -P: overrides the config's pidfile
 	NBD        []string
 	FUSE       string // mount directory for the FUSE file view, "" = off
+	StateDir   string // split-brain reports and saved data (default /var/lib/hast)
 	Keepalive  time.Duration
 	Reconnect  time.Duration
 	SyncRate   int64
@@ -76,6 +77,9 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 			return nil, exitErr(exOSFile, err)
 		}
 		return nil, exitErr(exConfig, err)
+	}
+	if opt.StateDir == "" {
+		opt.StateDir = "/var/lib/hast"
 	}
 	d := &Daemon{opt: opt, log: log, hooks: &hooks{log: log}, cfg: cfg,
 		resources: map[string]*resource{}, exports: map[string]replicate.Volume{}}
@@ -532,6 +536,36 @@ func (d *Daemon) api() http.Handler {
 			return
 		}
 		writeJSON(w, map[string]string{"result": "started"})
+	})
+	mux.HandleFunc("GET /"+APIVersion+"/splitbrain", func(w http.ResponseWriter, req *http.Request) {
+		d.mu.Lock()
+		r := d.resources[req.URL.Query().Get("resource")]
+		d.mu.Unlock()
+		if r == nil {
+			http.Error(w, "no such resource", http.StatusNotFound)
+			return
+		}
+		writeJSON(w, map[string]any{"report": r.splitBrainReport()})
+	})
+	mux.HandleFunc("POST /"+APIVersion+"/resolve", func(w http.ResponseWriter, req *http.Request) {
+		var rr struct{ Resource, Keep string }
+		if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<16)).Decode(&rr); err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		d.mu.Lock()
+		r := d.resources[rr.Resource]
+		d.mu.Unlock()
+		if r == nil {
+			http.Error(w, "no such resource", http.StatusNotFound)
+			return
+		}
+		msg, err := r.resolve(rr.Keep)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		writeJSON(w, map[string]string{"result": msg})
 	})
 	mux.HandleFunc("GET /"+APIVersion+"/frontends", func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, frontends{NBD: d.opt.NBD, FUSE: d.opt.FUSE, Exports: d.Names()})

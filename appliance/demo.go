@@ -169,7 +169,7 @@ func (c *Cluster) Client(n *Node) (*Client, error) {
 
 // Start runs node n's daemon as a child process and waits until its control API answers.
 func (c *Cluster) Start(n *Node, extra ...string) error {
-	args := []string{"daemon", "-c", c.Conf, "--node", n.Name, "--nbd", "unix://" + n.NBD, "--reconnect-interval", "500ms", "--keepalive-interval", "2s"}
+	args := []string{"daemon", "-c", c.Conf, "--node", n.Name, "--nbd", "unix://" + n.NBD, "--reconnect-interval", "500ms", "--keepalive-interval", "2s", "--state-dir", filepath.Join(n.Dir, "state")}
 	if n.FUSE != "" {
 		args = append(args, "--fuse", n.FUSE)
 	}

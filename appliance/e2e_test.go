@@ -255,7 +255,7 @@ func TestFailoverKeepsAcknowledgedWrites(t *testing.T) {
 }
 
 func TestSplitBrainDetectedNothingOverwritten(t *testing.T) {
-	c, _ := newTestCluster(t, ClusterOptions{Replication: "fullsync"})
+	c, out := newTestCluster(t, ClusterOptions{Replication: "fullsync", DiskSize: 32 << 20})
 	pair(t, c)
 	h1, h2 := c.Nodes[0], c.Nodes[1]
 	base := readVolume(t, c, h1, "disk1")
@@ -263,12 +263,12 @@ func TestSplitBrainDetectedNothingOverwritten(t *testing.T) {
 	c.Kill(h1, syscall.SIGKILL)
 	must(t, c.Role(h2, "primary", "all"))
 	m2 := append([]byte(nil), base...)
-	writeRandom(t, c, h2, "disk1", m2, 30, 7)
+	writeRandom(t, c, h2, "disk1", m2, 4, 7)
 	// hast1 comes back, is made primary by mistake and writes too.
 	must(t, c.Start(h1))
 	must(t, c.Role(h1, "primary", "all"))
 	m1 := append([]byte(nil), base...)
-	writeRandom(t, c, h1, "disk1", m1, 30, 8)
+	writeRandom(t, c, h1, "disk1", m1, 4, 8)
 	// The operator demotes hast1 to rejoin: the secondary must detect split-brain.
 	must(t, c.Role(h1, "secondary", "all"))
 	deadline := time.Now().Add(30 * time.Second)
@@ -283,13 +283,85 @@ func TestSplitBrainDetectedNothingOverwritten(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// Stop both so the files are quiescent, then check nothing was overwritten on either side.
-	c.Stop()
+	// Nothing was overwritten on either side.
 	if a := dataArea(t, c, h1, "disk1"); !bytes.Equal(a, m1) {
 		t.Fatalf("hast1's data was changed at byte %d", firstDiff(a, m1))
 	}
 	if b := dataArea(t, c, h2, "disk1"); !bytes.Equal(b, m2) {
 		t.Fatalf("hast2's data was changed at byte %d", firstDiff(b, m2))
+	}
+
+	// Beyond HAST: both sides say what diverged.
+	rep1, err := mustClient(t, c, h1).SplitBrain("disk1")
+	must(t, err)
+	rep2, err := mustClient(t, c, h2).SplitBrain("disk1")
+	must(t, err)
+	if rep1 == nil || rep2 == nil || !rep1.RemoteKnown || !rep2.RemoteKnown {
+		t.Fatalf("split-brain reports incomplete: hast1 %+v hast2 %+v", rep1, rep2)
+	}
+	ext := int64(rep1.ExtentSize)
+	changed := func(model []byte) map[int]bool {
+		m := map[int]bool{}
+		for e := 0; int64(e)*ext < int64(len(model)); e++ {
+			lo, hi := int64(e)*ext, min(int64(e+1)*ext, int64(len(model)))
+			if !bytes.Equal(model[lo:hi], base[lo:hi]) {
+				m[e] = true
+			}
+		}
+		return m
+	}
+	covers := func(who string, got []int, want map[int]bool) {
+		t.Helper()
+		in := map[int]bool{}
+		for _, e := range got {
+			in[e] = true
+		}
+		for e := range want {
+			if !in[e] {
+				t.Fatalf("%s: extent %d changed but is not reported (reported %v)", who, e, got)
+			}
+		}
+	}
+	covers("hast1 local", rep1.Local, changed(m1))
+	covers("hast1 remote", rep1.Remote, changed(m2))
+	covers("hast2 local", rep2.Local, changed(m2))
+	covers("hast2 remote", rep2.Remote, changed(m1))
+	if code := c.CLI(h1, "split-brain", "disk1"); code != 0 || !strings.Contains(out.String(), "the peer changed:") {
+		t.Fatalf("hast split-brain: exit %d\n%s", code, out)
+	}
+	// Promoting the split-brained node is refused without --force.
+	if code := c.CLI(h1, "role", "primary", "disk1"); code == 0 {
+		t.Fatal("promotion of a split-brained node was not refused")
+	}
+	if !strings.Contains(out.String(), "split-brain with the peer is unresolved") {
+		t.Fatalf("refusal does not say why:\n%s", out)
+	}
+
+	// Resolve on hast1, keeping hast2's data: hast1's divergent extents are saved first, then
+	// only what diverged is resynchronised.
+	must(t, c.Role(h1, "secondary", "disk1"))
+	if code := c.CLI(h1, "resolve", "disk1", "--keep", "remote"); code != 0 {
+		t.Fatalf("resolve: exit %d\n%s", code, out)
+	}
+	must(t, c.WaitComplete(h2, 30*time.Second))
+	compareNodes(t, c, "disk1", m2)
+	st, err := mustClient(t, c, h1).Status("disk1")
+	must(t, err)
+	if st[0].SplitBrain || st[0].LastSaved == "" {
+		t.Fatalf("after resolve: split-brain %v, saved to %q", st[0].SplitBrain, st[0].LastSaved)
+	}
+	saved, err := os.ReadFile(st[0].LastSaved)
+	must(t, err)
+	for e := range changed(m1) {
+		lo, hi := int64(e)*ext, min(int64(e+1)*ext, int64(len(m1)))
+		if !bytes.Equal(saved[lo:hi], m1[lo:hi]) {
+			t.Fatalf("saved file lacks hast1's discarded extent %d", e)
+		}
+	}
+	h2st, err := mustClient(t, c, h2).Status("disk1")
+	must(t, err)
+	if total := uint64(len(m2)); h2st[0].Stats.SyncedBytes >= total || h2st[0].Stats.SyncedBytes == 0 {
+		t.Fatalf("resolution resynchronised %d bytes, the whole volume is %d: it should copy only what diverged", h2st[0].Stats.SyncedBytes, total)
 	}
 }
 
@@ -367,4 +439,33 @@ func TestHostileConnectionsTouchNothing(t *testing.T) {
 	}
 	_ = blockdev.MetadataSize
 	_ = context.Background
+}
+
+func TestPromotingInconsistentCopyRefused(t *testing.T) {
+	c, out := newTestCluster(t, ClusterOptions{DiskSize: 32 << 20, DaemonArgs: []string{"--sync-rate", "2097152"}})
+	h1, h2 := c.Nodes[0], c.Nodes[1]
+	must(t, c.Role(h2, "secondary", "all"))
+	must(t, c.Role(h1, "primary", "all"))
+	// The initial full sync runs at 2 MiB/s: kill the primary in the middle of it.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := mustClient(t, c, h1).Status("disk1")
+		if err == nil && st[0].SyncDone > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("initial sync did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Kill(h1, syscall.SIGKILL)
+	if code := c.CLI(h2, "role", "primary", "disk1"); code == 0 {
+		t.Fatal("a half-synchronised secondary was promoted without --force")
+	}
+	if !strings.Contains(out.String(), "copy is inconsistent") {
+		t.Fatalf("refusal does not say why:\n%s", out)
+	}
+	if code := c.CLI(h2, "role", "--force", "primary", "disk1"); code != 0 {
+		t.Fatalf("--force promotion: exit %d\n%s", code, out)
+	}
 }

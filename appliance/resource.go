@@ -75,6 +75,9 @@ type resource struct {
 	hookExec     string
 	secConnected bool
 	splitBrain   bool
+	sbReport     *replicate.SplitBrainReport
+	discardNext  bool   // resolve --keep remote: the next session discards our divergent extents
+	lastSaved    string // where the last discarded split-brain data went
 	lastErr      string
 }
 
@@ -83,6 +86,7 @@ func newResource(d *Daemon, rc *config.Resource) (*resource, error) {
 	if err := r.setConfig(rc); err != nil {
 		return nil, err
 	}
+	r.loadSplitBrain()
 	return r, nil
 }
 
@@ -130,6 +134,13 @@ func (r *resource) setConfig(rc *config.Resource) error {
 		SyncRate:    r.d.opt.SyncRate,
 		Dial:        r.d.opt.Dial,
 		OnEvent:     r.event,
+
+		SplitBrainDir: r.d.opt.StateDir,
+		OnDiscardSaved: func(path string) {
+			r.evMu.Lock()
+			r.lastSaved = path
+			r.evMu.Unlock()
+		},
 	}
 	var ip net.IP
 	if rc.Remote != "none" {
@@ -169,13 +180,18 @@ func (r *resource) event(e replicate.Event) {
 	case replicate.EventSplitBrain:
 		r.splitBrain = true
 	case replicate.EventConnect:
-		r.splitBrain = false
 		r.secConnected = true
 	case replicate.EventDisconnect:
 		r.secConnected = false
 	}
 	exec := r.hookExec
 	r.evMu.Unlock()
+	switch e {
+	case replicate.EventSplitBrain:
+		go r.captureSplitBrain()
+	case replicate.EventConnect:
+		r.clearSplitBrain()
+	}
 	r.d.hooks.run(exec, string(e), r.name)
 }
 
@@ -194,8 +210,13 @@ func (r *resource) setRole(to Role, force bool) (Role, error) {
 	r.evMu.Lock()
 	sb := r.splitBrain
 	r.evMu.Unlock()
-	if to == RolePrimary && sb && !force {
-		return from, errors.New("refusing to promote: the last connection attempt found a split-brain; resolve it or use --force")
+	if to == RolePrimary && sb && !force && from != RolePrimary {
+		return from, fmt.Errorf("refusing to promote %s: a split-brain with the peer is unresolved (hast split-brain %s shows what diverged; hast resolve, or --force)", r.cfg.Name, r.cfg.Name)
+	}
+	if to == RolePrimary && !force {
+		if err := r.checkConsistent(); err != nil {
+			return from, err
+		}
 	}
 	switch from {
 	case RolePrimary:
@@ -292,6 +313,9 @@ func (r *resource) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
 	r.secCancel, r.secDone = cancel, done
 	cfg, dev := r.rcfg, r.dev
 	r.mu.Unlock()
+	r.evMu.Lock()
+	cfg.DiscardOnSplitBrain = r.discardNext
+	r.evMu.Unlock()
 	go func() {
 		defer close(done)
 		err := replicate.RunSecondary(ctx, cfg, dev, c1, c2, version, hello, r.log)
@@ -300,7 +324,14 @@ func (r *resource) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
 			r.lastErr = err.Error()
 		}
 		r.secConnected = false
+		if cfg.DiscardOnSplitBrain && r.lastSaved != "" {
+			r.discardNext = false
+		}
 		r.evMu.Unlock()
+		var sbe *replicate.SplitBrainError
+		if errors.As(err, &sbe) {
+			r.recordSplitBrain(&sbe.Report)
+		}
 	}()
 }
 
@@ -330,7 +361,9 @@ type ResourceStatus struct {
 	DataSize    int64  `json:"datasize,omitempty"`
 	LastError   string `json:"last_error,omitempty"`
 
-	Verify *replicate.VerifyStatus `json:"verify,omitempty"`
+	Verify       *replicate.VerifyStatus `json:"verify,omitempty"`
+	LastSaved    string                  `json:"discarded_saved_to,omitempty"`
+	Inconsistent bool                    `json:"inconsistent,omitempty"`
 
 	Stats replicate.Stats `json:"statistics"`
 	Queue struct {
@@ -348,7 +381,7 @@ func (r *resource) status() ResourceStatus {
 		Compression: c.Compression.String(),
 	}
 	r.evMu.Lock()
-	s.SplitBrain, s.LastError = r.splitBrain, r.lastErr
+	s.SplitBrain, s.LastError, s.LastSaved = r.splitBrain, r.lastErr, r.lastSaved
 	secConnected := r.secConnected
 	r.evMu.Unlock()
 	switch r.role {
@@ -379,6 +412,24 @@ func (r *resource) status() ResourceStatus {
 		}
 	}
 	return s
+}
+
+// checkConsistent refuses promotion of a copy that is the target of an unfinished
+// synchronisation (it would serve a mix of old and new blocks).
+func (r *resource) checkConsistent() error {
+	dev, err := blockdev.OpenReadOnly(r.cfg.Local)
+	if err != nil {
+		return fmt.Errorf("open local component: %w", err)
+	}
+	defer dev.Close()
+	md, err := blockdev.ReadMetadata(dev, r.cfg.Name)
+	if err != nil {
+		return err
+	}
+	if md.Inconsistent {
+		return fmt.Errorf("refusing to promote %s: this node's copy is inconsistent (a synchronisation from the peer did not finish); promote the peer, or use --force to accept a partly synchronised copy", r.cfg.Name)
+	}
+	return nil
 }
 
 // verify starts an online verify; only the primary can run one.

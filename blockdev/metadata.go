@@ -53,6 +53,10 @@ type Metadata struct {
 	// HAST fields; absent on HAST-written disks (then 0). hastd ignores names it does not
 	// look up, so the extra record keeps the block readable by FreeBSD.
 	PeerRemoteCnt uint64
+	// Extension (ours): this node is the target of a synchronisation that has not finished, so
+	// its copy is not consistent and must not be promoted without --force. nv name
+	// "inconsistent" (uint8 1), written only when set.
+	Inconsistent bool
 }
 
 // MapSize returns the size of the on-disk bitmap area: LocalOff − MetadataSize.
@@ -216,6 +220,9 @@ func (md *Metadata) encode() ([]byte, error) {
 	l.AddUint64("remotecnt", md.RemoteCnt)
 	l.AddString("prevrole", md.PrevRole)
 	l.AddUint64("peerremotecnt", md.PeerRemoteCnt)
+	if md.Inconsistent {
+		l.AddUint8("inconsistent", 1)
+	}
 	if l.EncodedLen() > MetadataSize {
 		return nil, fmt.Errorf("metadata for resource %q encodes to %d bytes, more than the %d-byte block",
 			md.Resource, l.EncodedLen(), MetadataSize)
@@ -294,6 +301,9 @@ func ReadMetadata(d Device, resource string) (*Metadata, error) {
 	str("prevrole", &md.PrevRole)
 	if l.Has("peerremotecnt") {
 		u64("peerremotecnt", &md.PeerRemoteCnt)
+	}
+	if v, ok := l.Uint8("inconsistent"); ok && v != 0 {
+		md.Inconsistent = true
 	}
 	if len(missing) > 0 {
 		return nil, badMetadata("fields missing or of the wrong type: %s", strings.Join(missing, ", "))

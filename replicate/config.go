@@ -90,6 +90,13 @@ type Config struct {
 	// SyncRate limits resynchronisation in bytes per second (0 = unlimited).
 	SyncRate int64
 	Dial     Dialer
+	// SplitBrainDir is where the discarded side of a resolved split-brain is saved.
+	SplitBrainDir string
+	// DiscardOnSplitBrain (secondary): if this session finds a split-brain, resolve it by saving
+	// this node's divergent extents to SplitBrainDir and taking the primary's data for them.
+	DiscardOnSplitBrain bool
+	// OnDiscardSaved is told where the discarded side of a split-brain was saved.
+	OnDiscardSaved func(path string)
 	// OnEvent is called for hook events; it must not block.
 	OnEvent func(Event)
 }

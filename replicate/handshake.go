@@ -155,6 +155,23 @@ func (p *Primary) connect() (err error) {
 	out.AddUint64("resuid", md.ResUID)
 	out.AddUint64("localcnt", md.LocalCnt)
 	out.AddUint64("remotecnt", md.RemoteCnt)
+	var ownMap []byte
+	winner := false
+	p.mu.Lock()
+	mapFits := p.am.MapSize() <= proto.MaxNVSize/2
+	p.mu.Unlock()
+	if features&FeatSplitBrainMaps != 0 && mapFits {
+		// Our extension: what we changed since the nodes were last in sync, so a split-brain can
+		// be reported on both sides; and whether the operator chose us as the winner of one.
+		p.mu.Lock()
+		ownMap = p.am.SyncBitmap()
+		p.mu.Unlock()
+		if p.resolveWinner.Load() {
+			out.AddUint8("x_winner", 1)
+			winner = true
+		}
+		out.AddUint8Array("x_primary_map", ownMap)
+	}
 	if err := proto.WriteFrame(c2, version, &out, nil); err != nil {
 		return fmt.Errorf("send second handshake: %w", err)
 	}
@@ -164,8 +181,17 @@ func (p *Primary) connect() (err error) {
 	}
 	if msg, ok := in.String("errmsg"); ok {
 		if msg == SplitBrainMsg {
+			n := p.am.Extents()
+			rep := &SplitBrainReport{Resource: cfg.Name, Detected: time.Now().UTC(), ExtentSize: p.ext, DataSize: p.size,
+				Local: bitmapExtents(ownMap, n)}
+			if _, ok := in.Uint32("x_mapsize"); ok {
+				if peer, err := proto.DecodeDataLimit(in, data, nil, handshakeMaxData); err == nil {
+					rep.Remote, rep.RemoteKnown = bitmapExtents(peer, n), true
+				}
+			}
 			p.mu.Lock()
 			p.splitBrain = true
+			p.sbReport = rep
 			p.mu.Unlock()
 			p.log.Error().Msg("split-brain detected by the peer; refusing to synchronise (resolve it manually)")
 			p.cfg.OnEvent(EventSplitBrain)
@@ -201,6 +227,10 @@ func (p *Primary) connect() (err error) {
 
 	p.mu.Lock()
 	p.md.PeerRemoteCnt = src
+	if SyncSource(ssrc) == SyncSrcSecondary {
+		// Until this sync finishes, our own copy is the stale one.
+		p.md.Inconsistent = true
+	}
 	if peerVirgin && p.md.LocalCnt == 0 {
 		p.md.LocalCnt = 1
 	}
@@ -231,12 +261,38 @@ func (p *Primary) connect() (err error) {
 	l.features = features
 	p.mu.Lock()
 	p.splitBrain = false
+	p.sbReport = nil
 	p.mu.Unlock()
+	if winner {
+		p.resolveWinner.Store(false)
+		p.log.Warn().Msg("split-brain resolved in favour of this node; the peer's divergent extents are being replaced")
+	}
 	p.lnk.Store(l)
 	p.log.Info().Str("remote", cfg.Remote).Str("syncsrc", SyncSource(ssrc).String()).Msg("connected to the peer")
 	cfg.OnEvent(EventConnect)
 	p.startSync(l)
 	return nil
+}
+
+// ResolveKeepLocal makes this node the winner of a split-brain: on its next connection it tells
+// the peer to save its divergent extents and take ours. It reconnects at once.
+func (p *Primary) ResolveKeepLocal() {
+	p.resolveWinner.Store(true)
+	select {
+	case p.linkChg <- struct{}{}:
+	default:
+	}
+}
+
+// SplitBrain returns the report of the last split-brain found, or nil.
+func (p *Primary) SplitBrain() *SplitBrainReport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sbReport == nil {
+		return nil
+	}
+	r := *p.sbReport
+	return &r
 }
 
 // linkDown runs once when a link fails.

@@ -68,10 +68,13 @@ type Primary struct {
 	syncSrc      SyncSource
 	peerCnt      Counters // the peer's counters from the last handshake
 	verify       VerifyStatus
-	splitBrain   bool
-	syncing      bool
-	syncTotal    int64
-	syncDone     atomic.Int64
+	sbReport     *SplitBrainReport
+	// resolveWinner: the operator chose this node's data in a split-brain (one-shot).
+	resolveWinner atomic.Bool
+	splitBrain    bool
+	syncing       bool
+	syncTotal     int64
+	syncDone      atomic.Int64
 
 	pers *persister
 	rl   *rangeLock

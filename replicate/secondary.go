@@ -118,14 +118,16 @@ func (s *secondary) handshake(hello *nv.List) error {
 	d := Decide(sec, pri, virgin)
 	s.log.Info().Str("rule", d.Rule).Uint64("S.l", sec.LocalCnt).Uint64("S.r", sec.RemoteCnt).
 		Uint64("P.l", pri.LocalCnt).Uint64("P.r", pri.RemoteCnt).Str("syncsrc", d.Source.String()).Msg("handshake decision")
-	if d.Err != nil {
-		if errors.Is(d.Err, ErrSplitBrain) {
-			s.sendErr(SplitBrainMsg)
-			s.log.Error().Msg("split-brain: both nodes were primary and both wrote; refusing to synchronise")
-			s.cfg.OnEvent(EventSplitBrain)
-		} else {
-			s.sendErr(fmt.Sprintf("Resource unique ID mismatch (primary=%d, secondary=%d).", pri.ResUID, sec.ResUID))
+	var custom []byte // bitmap to send instead of the decision's
+	if errors.Is(d.Err, ErrSplitBrain) {
+		var err error
+		if custom, err = s.splitBrain(hello, md); err != nil {
+			return err
 		}
+		d = Decision{Rule: "split-brain resolved", Source: SyncSrcPrimary, Map: MapLocal}
+	}
+	if d.Err != nil {
+		s.sendErr(fmt.Sprintf("Resource unique ID mismatch (primary=%d, secondary=%d).", pri.ResUID, sec.ResUID))
 		return d.Err
 	}
 	if d.AdoptResUID {
@@ -135,6 +137,10 @@ func (s *secondary) handshake(hello *nv.List) error {
 	// so that if we are promoted, our first write without the peer bumps localcnt.
 	md.PeerRemoteCnt = md.LocalCnt
 	md.PrevRole = "secondary"
+	if _, ours := hello.Uint8Array("x_primary_map"); ours && d.Source == SyncSrcPrimary {
+		// Our primary will say when the copy is whole again (CmdSyncDone).
+		md.Inconsistent = true
+	}
 	if err := blockdev.WriteMetadata(s.dev, md); err != nil {
 		s.sendErr("Unable to write metadata.")
 		return fmt.Errorf("write metadata: %w", err)
@@ -155,6 +161,9 @@ func (s *secondary) handshake(hello *nv.List) error {
 		}
 	case MapAll:
 		bm = fullBitmap(int64(md.DataSize), md.ExtentSize, int(md.MapSize()))
+	}
+	if custom != nil {
+		bm = custom
 	}
 	var out nv.List
 	out.AddInt64("datasize", int64(md.DataSize))
@@ -179,6 +188,57 @@ func (s *secondary) handshake(hello *nv.List) error {
 	}
 	s.c1.SetWriteDeadline(time.Time{})
 	return nil
+}
+
+// splitBrain handles a split-brain found in the handshake. Unless this session was told to
+// resolve it (DiscardOnSplitBrain, or the primary says it is the chosen winner), it refuses
+// the connection, sending our activemap along so the primary can report both sides, and
+// returns a *SplitBrainError carrying the report. When resolving, it saves this node's data of
+// every divergent extent to a file first and returns the bitmap to synchronise (both sides'
+// divergent extents, or every extent if the primary did not send its map).
+func (s *secondary) splitBrain(hello *nv.List, md *blockdev.Metadata) ([]byte, error) {
+	own, err := blockdev.ReadBitmap(s.dev, md)
+	if err != nil {
+		s.sendErr("Unable to read activemap.")
+		return nil, err
+	}
+	n := int((md.DataSize + uint64(md.ExtentSize) - 1) / uint64(md.ExtentSize))
+	pmap, known := hello.Uint8Array("x_primary_map")
+	rep := SplitBrainReport{
+		Resource: s.cfg.Name, Detected: time.Now().UTC(), ExtentSize: md.ExtentSize, DataSize: int64(md.DataSize),
+		Local: bitmapExtents(own, n), Remote: bitmapExtents(pmap, n), RemoteKnown: known,
+	}
+	_, winner := hello.Uint8("x_winner")
+	if !s.cfg.DiscardOnSplitBrain && !winner {
+		var out nv.List
+		out.AddString("errmsg", SplitBrainMsg)
+		var payload []byte
+		if known {
+			out.AddUint32("x_mapsize", uint32(len(own)))
+			payload, _ = proto.EncodeData(&out, own, s.cfg.Compression, s.cfg.Checksum, nil)
+		}
+		s.c1.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
+		proto.WriteFrame(s.c1, s.version, &out, payload)
+		s.log.Error().Int("local_extents", len(rep.Local)).Int("remote_extents", len(rep.Remote)).
+			Msg("split-brain: both nodes were primary and both wrote; refusing to synchronise (see hast split-brain)")
+		s.cfg.OnEvent(EventSplitBrain)
+		return nil, &SplitBrainError{Report: rep}
+	}
+	sync := fullBitmap(int64(md.DataSize), md.ExtentSize, int(md.MapSize()))
+	if known {
+		sync = orBitmaps(own, pmap)
+	}
+	path, err := saveExtents(s.cfg.SplitBrainDir, s.cfg.Name, s.dev, md, bitmapExtents(sync, n))
+	if err != nil {
+		s.sendErr("Unable to save the discarded data.")
+		return nil, err
+	}
+	if s.cfg.OnDiscardSaved != nil {
+		s.cfg.OnDiscardSaved(path)
+	}
+	s.log.Warn().Str("saved_to", path).Int("extents", len(bitmapExtents(sync, n))).
+		Msg("split-brain resolved: this node's divergent extents were saved and will be replaced by the primary's")
+	return sync, nil
 }
 
 // fullBitmap has one bit set for every extent of the data area.
@@ -284,7 +344,7 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 func (s *secondary) validate(cmd uint8, seq uint64, msg *nv.List, payload []byte) (sreq, syscall.Errno) {
 	r := sreq{cmd: cmd, seq: seq}
 	switch cmd {
-	case proto.CmdFlush:
+	case proto.CmdFlush, CmdSyncDone:
 		return r, 0
 	case proto.CmdRead, proto.CmdWrite, proto.CmdDelete, CmdDigest:
 	default:
@@ -330,11 +390,11 @@ func (s *secondary) track(r sreq) bool {
 		default:
 		}
 		busy := false
-		if r.cmd == proto.CmdFlush {
+		if r.cmd == proto.CmdFlush || r.cmd == CmdSyncDone {
 			busy = s.nact > 0
 		} else {
 			for _, a := range s.active[:s.nact] {
-				if a.cmd == proto.CmdFlush || overlaps(a, r) {
+				if a.cmd == proto.CmdFlush || a.cmd == CmdSyncDone || overlaps(a, r) {
 					busy = true
 					break
 				}
@@ -393,6 +453,18 @@ func (s *secondary) apply(r sreq) {
 		err = s.dev.Discard(s.base+r.off, r.n)
 	case proto.CmdFlush:
 		err = s.dev.Flush()
+	case CmdSyncDone:
+		// Everything before it is applied (it waited for them); make it durable, then clear
+		// the mark.
+		if err = s.dev.Flush(); err == nil && s.md.Inconsistent {
+			s.md.Inconsistent = false
+			if err = blockdev.WriteMetadata(s.dev, &s.md); err == nil {
+				err = s.dev.Flush()
+			}
+			if err == nil {
+				s.log.Info().Msg("synchronisation complete: this copy is consistent")
+			}
+		}
 	}
 	if err != nil {
 		rep.errno = errnoOf(err)

@@ -136,6 +136,7 @@ func (p *Primary) syncLoop(l *link) {
 		p.md.LocalCnt = p.peerCnt.RemoteCnt
 		p.md.RemoteCnt = p.peerCnt.LocalCnt
 		p.md.PeerRemoteCnt = p.peerCnt.RemoteCnt
+		p.md.Inconsistent = false
 		p.syncSrc = SyncSrcUndef
 	}
 	p.mu.Unlock()
@@ -152,6 +153,11 @@ func (p *Primary) syncLoop(l *link) {
 	}
 	if err := p.pers.now(); err != nil {
 		p.log.Error().Err(err).Msg("unable to write activemap after sync")
+	}
+	if l.features&FeatSyncDone != 0 {
+		if err := l.do(&rreq{cmd: CmdSyncDone}); err != nil {
+			p.log.Warn().Err(err).Msg("unable to tell the peer its copy is consistent")
+		}
 	}
 	if done > 0 {
 		el := time.Since(start)

@@ -17,13 +17,20 @@ const (
 	// message and sends its own with a split-brain refusal, so both sides can report what
 	// diverged.
 	FeatSplitBrainMaps
+	// FeatSyncDone: the peer understands CmdSyncDone and keeps an "inconsistent" mark while it
+	// is the target of an unfinished synchronisation.
+	FeatSyncDone
 
-	ourFeatures = FeatDigest | FeatSplitBrainMaps
+	ourFeatures = FeatDigest | FeatSplitBrainMaps | FeatSyncDone
 )
 
 // CmdDigest asks the secondary for the SHA-256 of a range of its data (our extension; outside
 // HAST's command numbers so a HAST peer would refuse it rather than misread it).
 const CmdDigest uint8 = 16
+
+// CmdSyncDone tells the secondary that a synchronisation towards it completed: its copy is
+// consistent again (our extension).
+const CmdSyncDone uint8 = 17
 
 // maxDigestLen bounds one digest request.
 const maxDigestLen = 4 << 20
