@@ -179,6 +179,16 @@ func (p *Primary) check(off int64, n int) error {
 
 func (p *Primary) writeBitmap(img []byte) error {
 	md := p.metadata()
+	if sw, ok := p.dev.(blockdev.SyncWriter); ok && p.cfg.MetaFlush {
+		// One durable write of the map area instead of write + fdatasync of the whole component.
+		area := make([]byte, md.MapSize())
+		copy(area, img)
+		if _, err := sw.WriteAtSync(area, blockdev.MetadataSize); err != nil {
+			p.st.writeErr.Add(1)
+			return fmt.Errorf("write activemap: %w", err)
+		}
+		return nil
+	}
 	if err := blockdev.WriteBitmap(p.dev, &md, img); err != nil {
 		p.st.writeErr.Add(1)
 		return fmt.Errorf("write activemap: %w", err)
