@@ -21,6 +21,7 @@ import (
 
 	"hast/appliance/config"
 	"hast/fuse"
+	"hast/internal/linksec"
 	"hast/nbd"
 	"hast/replicate"
 )
@@ -102,7 +103,12 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 		d.Close()
 		return nil, exitErr(exOSErr, err)
 	}
-	d.acceptor = &replicate.Acceptor{Lookup: d.lookupTarget, Known: d.knownPeer, Log: log}
+	ls := &linksec.Server{Lookup: d.linkConfig}
+	d.acceptor = &replicate.Acceptor{Lookup: d.lookupTarget, Known: d.knownPeer, Log: log,
+		Upgrade: func(c net.Conn) (net.Conn, replicate.Link, error) {
+			uc, info, err := ls.Upgrade(c)
+			return uc, replicate.Link{Secure: info.Secure, Resource: info.Resource, Peer: info.Peer}, err
+		}}
 	for _, a := range cfg.Listen {
 		l, err := listenAddr(a)
 		if err != nil {
@@ -346,6 +352,23 @@ func (d *Daemon) lookupTarget(name string) (replicate.Target, bool) {
 	defer d.mu.Unlock()
 	r, ok := d.resources[name]
 	return r, ok
+}
+
+// linkConfig gives the TLS server the credentials of the resource a client names.
+func (d *Daemon) linkConfig(name string) (*linksec.Config, error) {
+	d.mu.Lock()
+	r, ok := d.resources[name]
+	d.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("TLS connection for resource %q, which is not configured", name)
+	}
+	r.mu.Lock()
+	link := r.link
+	r.mu.Unlock()
+	if link == nil {
+		return nil, fmt.Errorf("TLS connection for resource %s, which has no link security configured (tls-psk or tls-cert in hast.conf)", name)
+	}
+	return link, nil
 }
 
 // knownPeer reports whether ip is the remote of any resource (others are dropped at once).

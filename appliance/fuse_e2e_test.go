@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,12 +37,16 @@ func needTools(t *testing.T, tools ...string) {
 	}
 }
 
-// loopMount attaches file to a loop device and mounts it; cleanup undoes both.
-func loopAttach(t *testing.T, file string) string {
+// loopAttach attaches file to a loop device. The returned detach is idempotent and also runs at
+// cleanup, so a failed test does not leave the device behind — and a device detached once is
+// never detached again (its number may belong to another test by then).
+func loopAttach(t *testing.T, file string) (string, func()) {
 	t.Helper()
 	dev := run(t, "losetup", "-f", "--show", file)
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
-	return dev
+	var once sync.Once
+	detach := func() { once.Do(func() { exec.Command("losetup", "-d", dev).Run() }) }
+	t.Cleanup(detach)
+	return dev, detach
 }
 
 // TestFUSEFilesystemSurvivesFailover: real tools on the FUSE file view of a replicated volume —
@@ -59,7 +64,7 @@ func TestFUSEFilesystemSurvivesFailover(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h2.FUSE, "disk1")); err == nil {
 		t.Fatal("the secondary shows a FUSE file")
 	}
-	dev := loopAttach(t, vol1)
+	dev, detach := loopAttach(t, vol1)
 	run(t, "mkfs.ext4", "-q", "-F", dev)
 	mnt := t.TempDir()
 	run(t, "mount", dev, mnt)
@@ -74,7 +79,7 @@ func TestFUSEFilesystemSurvivesFailover(t *testing.T) {
 	run(t, "sync")
 	run(t, "umount", mnt)
 	run(t, "fsck.ext4", "-fn", dev)
-	run(t, "losetup", "-d", dev)
+	detach()
 	must(t, c.WaitComplete(h1, time.Minute))
 
 	c.Kill(h1, syscall.SIGKILL)
@@ -83,7 +88,7 @@ func TestFUSEFilesystemSurvivesFailover(t *testing.T) {
 	if _, err := os.Stat(vol2); err != nil {
 		t.Fatalf("FUSE file on the promoted node: %v\n%s", err, out)
 	}
-	dev2 := loopAttach(t, vol2)
+	dev2, detach2 := loopAttach(t, vol2)
 	run(t, "fsck.ext4", "-fn", dev2)
 	mnt2 := t.TempDir()
 	run(t, "mount", dev2, mnt2)
@@ -95,7 +100,7 @@ func TestFUSEFilesystemSurvivesFailover(t *testing.T) {
 		}
 	}
 	run(t, "umount", mnt2)
-	run(t, "losetup", "-d", dev2)
+	detach2()
 
 	// fio writes with checksums through the FUSE file and verifies them itself.
 	run(t, "fio", "--name=verify", "--filename="+vol2, "--rw=randwrite", "--bs=4k", "--size=16M",

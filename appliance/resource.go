@@ -13,6 +13,7 @@ import (
 
 	"hast/appliance/config"
 	"hast/blockdev"
+	"hast/internal/linksec"
 	"hast/internal/nv"
 	"hast/replicate"
 	"hast/replicate/proto"
@@ -60,7 +61,8 @@ type resource struct {
 
 	mu       sync.Mutex
 	cfg      *config.Resource
-	remoteIP net.IP // resolved remote, nil for `remote none`
+	remoteIP net.IP          // resolved remote, nil for `remote none`
+	link     *linksec.Config // link security, nil for plain HAST
 	rcfg     replicate.Config
 	role     Role
 	dev      blockdev.Device
@@ -164,13 +166,55 @@ func (r *resource) setConfig(rc *config.Resource) error {
 			rcfg.Source = sa.Address
 		}
 	}
+	link, err := loadLink(rc, r.log)
+	if err != nil {
+		return err
+	}
+	if link != nil {
+		dial := rcfg.Dial
+		if dial == nil {
+			dial = replicate.TCPDialer
+		}
+		rcfg.Dial = link.Dialer(dial)
+	}
 	r.mu.Lock()
-	r.cfg, r.rcfg, r.remoteIP = rc, rcfg, ip
+	r.cfg, r.rcfg, r.remoteIP, r.link = rc, rcfg, ip, link
 	r.mu.Unlock()
 	r.evMu.Lock()
 	r.hookExec = rc.Exec
 	r.evMu.Unlock()
 	return nil
+}
+
+// loadLink makes the link security of a resource from the files hast.conf names (checked
+// already when the file was parsed; read again here, so an error now means they changed).
+func loadLink(rc *config.Resource, log zerolog.Logger) (*linksec.Config, error) {
+	l := rc.TLS
+	var (
+		link   *linksec.Config
+		err    error
+		secret string
+	)
+	switch {
+	case l.PSK != "":
+		link, err = linksec.LoadPSK(l.PSK, rc.Name)
+		secret = l.PSK
+	case l.Cert != "":
+		link, err = linksec.LoadCertificates(l.Cert, l.Key, l.CA, rc.Name)
+		secret = l.Key
+	default:
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("resource %s: link security: %w", rc.Name, err)
+	}
+	// Like ssh with a private key, say so when a secret is readable by others; refusing would
+	// break configurations that work, so this only warns.
+	if fi, err := os.Stat(secret); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn().Str("file", secret).Str("mode", fi.Mode().Perm().String()).
+			Msg("link security secret is readable by other users than its owner; chmod 600 it")
+	}
+	return link, nil
 }
 
 // event runs the exec hook for an engine event and remembers split-brain for status.
@@ -279,12 +323,28 @@ func (r *resource) stopSecondaryLocked() {
 	r.evMu.Unlock()
 }
 
+// Link security refusals (our extension; the peer logs them like HAST's errmsg).
+const (
+	msgLinkRequired   = "Link security required."
+	msgLinkNotEnabled = "Link security not configured for the resource."
+)
+
 // Admit implements replicate.Target.
-func (r *resource) Admit(peer net.IP) (string, bool) {
+func (r *resource) Admit(peer net.IP, link replicate.Link) (string, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.remoteIP == nil || (peer != nil && !r.remoteIP.Equal(peer)) {
 		return "No access to the resource.", false
+	}
+	// No downgrade: a resource with link security takes only secured connections, and one
+	// without refuses them, so a misconfiguration shows on both nodes instead of working
+	// half-secured. (The acceptor has already refused a secured connection whose handshake
+	// names another resource than the one it authenticated for.)
+	switch {
+	case r.link != nil && !link.Secure:
+		return msgLinkRequired, false
+	case r.link == nil && link.Secure:
+		return msgLinkNotEnabled, false
 	}
 	if r.role != RoleSecondary {
 		return fmt.Sprintf("Remote node acts as %s for the resource and not as secondary.", r.role), r.role == RolePrimary

@@ -229,12 +229,15 @@ func (d *fileDevice) discardBlock(off, length int64) error {
 		return fmt.Errorf("discard %s [%d,+%d): not aligned to the %d-byte sector size: %w",
 			d.path, off, length, d.sector, syscall.EINVAL)
 	}
+	// BLKZEROOUT, not BLKDISCARD: a discarded range must read back as zeros on both nodes (the
+	// FUSE view and online verify rely on it), and BLKDISCARD promises nothing about contents.
+	// The kernel still unmaps where the device guarantees zeroes (REQ_OP_WRITE_ZEROES).
 	rng := [2]uint64{uint64(off), uint64(length)}
 	err := d.control(func(fd int) error {
-		return ioctlPtr(fd, unix.BLKDISCARD, unsafe.Pointer(&rng))
+		return ioctlPtr(fd, unix.BLKZEROOUT, unsafe.Pointer(&rng))
 	})
 	if err != nil {
-		return fmt.Errorf("discard %s [%d,+%d): BLKDISCARD: %w", d.path, off, length, err)
+		return fmt.Errorf("discard %s [%d,+%d): BLKZEROOUT: %w", d.path, off, length, err)
 	}
 	return nil
 }

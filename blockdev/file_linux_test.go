@@ -265,7 +265,7 @@ func TestFileDeviceConcurrentIO(t *testing.T) {
 func loopDevice(t *testing.T, path string, sector int) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Fatalf("loop device tests need root (BLKGETSIZE64/BLKSSZGET/BLKDISCARD are only reachable through a block device)")
+		t.Fatalf("loop device tests need root (BLKGETSIZE64/BLKSSZGET/BLKZEROOUT are only reachable through a block device)")
 	}
 	if _, err := exec.LookPath("losetup"); err != nil {
 		t.Fatalf("losetup not found (apt-get install util-linux): %v", err)
@@ -322,7 +322,7 @@ func TestBlockDevice(t *testing.T) {
 			want := bytes.Clone(data)
 			clear(want[off : off+n])
 			if !bytes.Equal(got, want) {
-				t.Fatalf("contents after BLKDISCARD differ")
+				t.Fatalf("contents after Discard (BLKZEROOUT) differ: the range must read as zeros")
 			}
 			if err := d.Discard(off+1, int64(sector)); !errors.Is(err, syscall.EINVAL) || !strings.Contains(err.Error(), "not aligned") {
 				t.Fatalf("unaligned discard = %v", err)

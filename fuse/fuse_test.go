@@ -49,6 +49,13 @@ func TestAddRemoveNames(t *testing.T) {
 		}
 	}
 	ino1 := inode(t, filepath.Join(dir, "disk1"))
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(dir, &sfs); err != nil {
+		t.Fatalf("statfs: %v", err)
+	}
+	if got := int64(sfs.Blocks) * sfs.Bsize; got != 4<<20 {
+		t.Errorf("statfs reports %d bytes, want the volumes' total %d", got, 4<<20)
+	}
 
 	if err := f.Add("disk1", newMemVolume(1<<20, 512)); err == nil {
 		t.Error("Add of an existing name succeeded")
@@ -179,12 +186,12 @@ func TestReadWritePatterns(t *testing.T) {
 // read-modify-write cycles must not lose each other's bytes.
 func TestConcurrentUnalignedWrites(t *testing.T) {
 	f, dir := mountT(t)
-	const size = 64 << 10
+	const writers = 8
+	const size = writers * 3 * 1024 // whole stripes
 	v := newMemVolume(size, 512)
 	addT(t, f, "disk", v)
 	path := filepath.Join(dir, "disk")
 
-	const writers = 8
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)
 	for w := range writers {
@@ -271,9 +278,12 @@ func TestEOF(t *testing.T) {
 	for i := range buf {
 		buf[i] = 0xee
 	}
+	// The part inside the volume is written, as on a block device. Whether pwrite reports it
+	// as a short count or (as this kernel does, retrying the rest itself) only ENOSPC is up to
+	// the kernel.
 	n, err := fh.WriteAt(buf, size-100)
-	if n != 100 || !errors.Is(err, syscall.ENOSPC) {
-		t.Errorf("write across the end = %d, %v; want 100, ENOSPC", n, err)
+	if n > 100 || !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("write across the end = %d, %v; want at most 100, ENOSPC", n, err)
 	}
 	if tail := v.snapshot()[size-100:]; !bytes.Equal(tail, buf[:100]) {
 		t.Error("the part of a write across the end inside the volume was not written")
@@ -580,9 +590,8 @@ func TestForcedRemoveWaitsForVolume(t *testing.T) {
 }
 
 func TestUnmountWithOpenFile(t *testing.T) {
-	requireFUSE(t)
 	dir := filepath.Join(t.TempDir(), "mnt")
-	f, err := Mount(dir, Options{}, testLogger(t))
+	f, err := mount(t, dir, Options{})
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
@@ -615,9 +624,8 @@ func TestUnmountWithOpenFile(t *testing.T) {
 }
 
 func TestMountCreatesDirAndUnmounts(t *testing.T) {
-	requireFUSE(t)
 	dir := filepath.Join(t.TempDir(), "a", "b")
-	f, err := Mount(dir, Options{MaxWrite: 256 << 10}, testLogger(t))
+	f, err := mount(t, dir, Options{MaxWrite: 256 << 10})
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
@@ -630,7 +638,61 @@ func TestMountCreatesDirAndUnmounts(t *testing.T) {
 	if mounted, err := isMounted(dir); err != nil || mounted {
 		t.Fatalf("still in mountinfo after Unmount (%v)", err)
 	}
-	if _, err := Mount(dir, Options{MaxWrite: -1}, testLogger(t)); err == nil {
+	if _, err := mount(t, dir, Options{MaxWrite: -1}); err == nil {
 		t.Fatal("Mount with negative MaxWrite succeeded")
+	}
+}
+
+// TestMountReplacesDeadMount: a view whose server died (here: its connection aborted) leaves a
+// mount that fails every access with ENOTCONN; mounting again at the same place replaces it.
+func TestMountReplacesDeadMount(t *testing.T) {
+	requireFUSE(t)
+	dir := filepath.Join(t.TempDir(), "mnt")
+	dead, err := Mount(dir, Options{}, testLogger(t))
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	if err := abortFUSEConnection(dead.connID); err != nil {
+		t.Fatalf("abort: %v", err)
+	}
+	dead.server.Wait()
+	// dead is not unmounted: its Unmount would unmount whatever is at dir by then.
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(dir, &sfs); !errors.Is(err, syscall.ENOTCONN) {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		t.Fatalf("statfs of the dead mount: %v, want ENOTCONN", err)
+	}
+
+	f, err := mount(t, dir, Options{})
+	if err != nil {
+		t.Fatalf("Mount over a dead mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := f.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+	})
+	addT(t, f, "disk", newMemVolume(1<<20, 512))
+	if st, err := os.Stat(filepath.Join(dir, "disk")); err != nil || st.Size() != 1<<20 {
+		t.Fatalf("file in the new view: %v", err)
+	}
+}
+
+// TestUnmountAfterExternalUnmount: an operator's umount -l must not make Unmount fail.
+func TestUnmountAfterExternalUnmount(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mnt")
+	f, err := mount(t, dir, Options{})
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	addT(t, f, "disk", newMemVolume(1<<20, 512))
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		t.Fatalf("external lazy unmount: %v", err)
+	}
+	if err := f.Unmount(); err != nil {
+		t.Fatalf("Unmount after an external unmount: %v", err)
+	}
+	if len(f.Names()) != 0 {
+		t.Errorf("Names after Unmount = %v", f.Names())
 	}
 }

@@ -1,6 +1,7 @@
 package fuse
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/rs/zerolog"
@@ -171,15 +173,60 @@ func requireTool(tb testing.TB, names ...string) {
 }
 
 func testLogger(tb testing.TB) zerolog.Logger {
-	return zerolog.New(zerolog.NewTestWriter(tb)).Level(zerolog.InfoLevel)
+	level := zerolog.InfoLevel
+	if _, ok := tb.(*testing.B); ok {
+		level = zerolog.WarnLevel // keep benchmark output to the figures
+	}
+	return zerolog.New(zerolog.NewTestWriter(tb)).Level(level)
+}
+
+// liveMounts holds every view a test mounted and has not unmounted yet, for the watchdog.
+var liveMounts sync.Map // *FS -> struct{}
+
+// TestMain arms a watchdog: a test process that is both the FUSE server and a client of it
+// cannot exit while one of its threads waits in the kernel for an answer it will never give
+// (after a deadlock, or when go test's timeout kills it). Shortly before the timeout the
+// watchdog aborts the connections of the views still mounted, so such a test fails with a
+// stack dump instead of leaving an unkillable process and a dead mount behind.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if fl := flag.Lookup("test.timeout"); fl != nil {
+		if d, ok := fl.Value.(flag.Getter).Get().(time.Duration); ok && d > 0 {
+			time.AfterFunc(d-min(30*time.Second, d/10), abortLiveMounts)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+func abortLiveMounts() {
+	liveMounts.Range(func(k, _ any) bool {
+		f := k.(*FS)
+		fmt.Fprintf(os.Stderr, "watchdog: test about to time out, aborting the FUSE connection of %s\n", f.dir)
+		if err := abortFUSEConnection(f.connID); err != nil {
+			fmt.Fprintf(os.Stderr, "watchdog: %v\n", err)
+		}
+		return true
+	})
+}
+
+// mount mounts a view at dir and registers it with the watchdog.
+func mount(tb testing.TB, dir string, opt Options) (*FS, error) {
+	tb.Helper()
+	requireFUSE(tb)
+	f, err := Mount(dir, opt, testLogger(tb))
+	if err != nil {
+		return nil, err
+	}
+	liveMounts.Store(f, struct{}{})
+	tb.Cleanup(func() { liveMounts.Delete(f) })
+	return f, nil
 }
 
 // mountT mounts a fresh view in a temporary directory and unmounts it when the test ends.
 func mountT(tb testing.TB) (*FS, string) {
 	tb.Helper()
-	requireFUSE(tb)
 	dir := filepath.Join(tb.TempDir(), "mnt")
-	f, err := Mount(dir, Options{}, testLogger(tb))
+	f, err := mount(tb, dir, Options{})
 	if err != nil {
 		tb.Fatalf("Mount: %v", err)
 	}

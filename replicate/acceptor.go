@@ -16,9 +16,11 @@ import (
 
 // Target is a resource as the acceptor sees it: the daemon's per-resource worker.
 type Target interface {
-	// Admit decides whether peer may connect now. A refusal returns HAST's errmsg, and wait=true
-	// when this node is primary for the resource (the primary then retries).
-	Admit(peer net.IP) (errmsg string, wait bool)
+	// Admit decides whether peer may connect now over a connection protected as link says
+	// (link security is checked before anything else, so a peer refused for its link learns
+	// nothing about the resource's role). A refusal returns HAST's errmsg, and wait=true when
+	// this node is primary for the resource (the primary then retries).
+	Admit(peer net.IP, link Link) (errmsg string, wait bool)
 	// Serve takes a paired connection and runs a secondary session on it, replacing any session
 	// that is running. It owns c1 and c2 from then on.
 	Serve(c1, c2 net.Conn, version uint8, hello *nv.List)
@@ -33,11 +35,24 @@ type Acceptor struct {
 	Timeout time.Duration
 	Log     zerolog.Logger
 	// Upgrade, if set, runs on every accepted connection before the handshake (link security:
-	// it may wrap the connection in TLS, or refuse it). It returns the connection to use.
-	Upgrade func(c net.Conn) (net.Conn, error)
+	// it may wrap the connection in TLS, or refuse it). It returns the connection to use and
+	// how it is protected. It runs under the handshake deadline and must not close c.
+	Upgrade func(c net.Conn) (net.Conn, Link, error)
 
 	mu      sync.Mutex
 	pending map[string]*halfOpen
+}
+
+// Link says how an accepted connection is protected, as Acceptor.Upgrade established it. The
+// zero value is a plain HAST connection.
+type Link struct {
+	// Secure is true when link security authenticated the peer and protects the connection.
+	Secure bool
+	// Resource is the resource the peer authenticated for. A secure connection whose
+	// handshake names another resource is refused.
+	Resource string
+	// Peer names the authenticated peer, for logs.
+	Peer string
 }
 
 type halfOpen struct {
@@ -89,14 +104,15 @@ func (a *Acceptor) handle(c net.Conn) {
 		return
 	}
 	c.SetDeadline(time.Now().Add(a.timeout()))
+	var link Link
 	if a.Upgrade != nil {
-		uc, err := a.Upgrade(c)
+		uc, l, err := a.Upgrade(c)
 		if err != nil {
 			log.Warn().Err(err).Msg("connection refused by link security")
 			c.Close()
 			return
 		}
-		c = uc
+		c, link = uc, l
 	}
 	rd := proto.NewReader(c, 0)
 	_, msg, _, err := rd.Next()
@@ -128,12 +144,17 @@ func (a *Acceptor) handle(c net.Conn) {
 		proto.WriteFrame(c, 1, &out, nil)
 		c.Close()
 	}
+	if link.Secure && link.Resource != name {
+		// The peer proved itself with another resource's credentials.
+		refuse(fmt.Sprintf("Link security was established for resource %s, not %s.", link.Resource, name), false)
+		return
+	}
 	t, ok := a.Lookup(name)
 	if !ok {
 		refuse("Resource not configured.", false)
 		return
 	}
-	if text, wait := t.Admit(ip); text != "" {
+	if text, wait := t.Admit(ip, link); text != "" {
 		refuse(text, wait)
 		return
 	}
@@ -152,11 +173,6 @@ func (a *Acceptor) handle(c net.Conn) {
 		out.AddUint8("version", version)
 		out.AddUint8Array("token", tok[:])
 		out.AddUint32("x_features", ourFeatures)
-		if err := proto.WriteFrame(c, version, &out, nil); err != nil {
-			log.Warn().Err(err).Msg("unable to answer the handshake")
-			c.Close()
-			return
-		}
 		h := &halfOpen{conn: c, resource: name, version: version}
 		key := string(tok[:])
 		h.timer = time.AfterFunc(a.timeout(), func() {
@@ -167,6 +183,8 @@ func (a *Acceptor) handle(c net.Conn) {
 			}
 			a.mu.Unlock()
 		})
+		// Register before answering: the primary dials its second connection as soon as it
+		// has the token, and one that arrived first would be refused as unknown.
 		a.mu.Lock()
 		if a.pending == nil {
 			a.pending = map[string]*halfOpen{}
@@ -181,6 +199,17 @@ func (a *Acceptor) handle(c net.Conn) {
 		}
 		a.pending[key] = h
 		a.mu.Unlock()
+		if err := proto.WriteFrame(c, version, &out, nil); err != nil {
+			log.Warn().Err(err).Msg("unable to answer the handshake")
+			a.mu.Lock()
+			if a.pending[key] == h {
+				delete(a.pending, key)
+				h.timer.Stop()
+			}
+			a.mu.Unlock()
+			c.Close()
+			return
+		}
 		return
 	}
 	a.mu.Lock()
@@ -204,6 +233,11 @@ func (a *Acceptor) handle(c net.Conn) {
 		refuse("Bad handshake.", false)
 		h.conn.Close()
 		return
+	}
+	if link.Secure {
+		log = log.With().Str("link", "secure").Str("peer_identity", link.Peer).Logger()
+	} else {
+		log = log.With().Str("link", "plain").Logger()
 	}
 	log.Info().Msg("primary connected")
 	t.Serve(h.conn, c, h.version, hello)

@@ -25,7 +25,7 @@ type testTarget struct {
 	events chan Event
 }
 
-func (t *testTarget) Admit(net.IP) (string, bool) { return "", false }
+func (t *testTarget) Admit(net.IP, Link) (string, bool) { return "", false }
 
 func (t *testTarget) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
 	t.mu.Lock()

@@ -21,7 +21,12 @@ type persister struct {
 	stop    bool
 	durable []byte // our copy of the image last marked durable
 	updates uint64 // bitmap writes, for statistics
+	// lastClear is when bits were last cleared on disk (loop goroutine only).
+	lastClear time.Time
 }
+
+// lazyDelay batches lazy clean-ups, and spaces out the data flushes that clearing bits needs.
+const lazyDelay = 20 * time.Millisecond
 
 func newPersister(p *Primary, durable []byte) *persister {
 	ps := &persister{p: p, durable: append([]byte(nil), durable...)}
@@ -78,14 +83,15 @@ func (ps *persister) loop() {
 		ps.mu.Unlock()
 		if !urgent {
 			// Batch lazy clean-ups: a bit that is set too long only costs a resync.
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(lazyDelay)
 		}
 		ps.mu.Lock()
 		gen := ps.want
+		urgent = gen != ps.done
 		ps.lazy = false
 		ps.mu.Unlock()
 
-		err := ps.writeOnce()
+		err := ps.writeOnce(urgent)
 
 		ps.mu.Lock()
 		if err != nil {
@@ -106,10 +112,29 @@ func (ps *persister) loop() {
 // writeOnce takes an image and writes it. While it is being written, only bits set both in the
 // old durable image and in the new one count as durable: a write that starts meanwhile on an
 // extent this image clears must wait for the next round.
-func (ps *persister) writeOnce() error {
+//
+// With metaflush, a bit is cleared on disk only after a flush of the data: otherwise a crash
+// could keep the new map but lose the extent's last writes, and the extent would never be
+// resynchronised. When writers wait for new bits (urgent), the clearing is left to a lazy
+// round so they do not wait for that flush, unless bits were last cleared more than lazyDelay
+// ago: under a steady stream of new extents lazy rounds never come, and the on-disk map would
+// fill up.
+func (ps *persister) writeOnce(urgent bool) error {
 	p := ps.p
 	p.mu.Lock()
 	img := p.am.Image(nil)
+	clears, sets, deferred := false, false, false
+	for i := range img {
+		clears = clears || ps.durable[i]&^img[i] != 0
+		sets = sets || img[i]&^ps.durable[i] != 0
+	}
+	clears = clears && p.cfg.MetaFlush
+	if clears && urgent && sets && time.Since(ps.lastClear) < lazyDelay {
+		for i := range img {
+			img[i] |= ps.durable[i]
+		}
+		clears, deferred = false, true
+	}
 	inter := make([]byte, len(img))
 	for i := range img {
 		inter[i] = img[i] & ps.durable[i]
@@ -117,6 +142,12 @@ func (ps *persister) writeOnce() error {
 	p.am.MarkDurable(inter)
 	p.mu.Unlock()
 
+	if clears {
+		if err := p.dev.Flush(); err != nil {
+			p.st.flushErr.Add(1)
+			return fmt.Errorf("flush data before clearing activemap bits: %w", err)
+		}
+	}
 	if err := p.writeBitmap(img); err != nil {
 		return err
 	}
@@ -124,5 +155,13 @@ func (ps *persister) writeOnce() error {
 	p.am.MarkDurable(img)
 	p.mu.Unlock()
 	ps.durable = img
+	if clears {
+		ps.lastClear = time.Now()
+	}
+	if deferred {
+		ps.mu.Lock()
+		ps.lazy = true
+		ps.mu.Unlock()
+	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"hast/blockdev"
+	"hast/internal/hist"
 	"hast/replicate/proto"
 )
 
@@ -87,11 +88,28 @@ type Primary struct {
 		remoteReads, synced                    atomic.Uint64
 	}
 
+	lat Latency
+
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	linkChg chan struct{}
 	closed  atomic.Bool
+}
+
+// Latency holds per-stage latency histograms of the data path: whole requests (Write, Read,
+// Flush) and the parts of a write (Activemap: waiting for the bitmap to be durable; Local: the
+// local leg; Peer: waiting for the peer's acknowledgement after the local leg finished).
+type Latency struct {
+	Write, Read, Flush, Activemap, Local, Peer hist.Histogram
+}
+
+// LatencySnapshot returns the histograms by stage name.
+func (p *Primary) LatencySnapshot() map[string]hist.Snapshot {
+	return map[string]hist.Snapshot{
+		"write": p.lat.Write.Snapshot(), "read": p.lat.Read.Snapshot(), "flush": p.lat.Flush.Snapshot(),
+		"activemap": p.lat.Activemap.Snapshot(), "local": p.lat.Local.Snapshot(), "peer": p.lat.Peer.Snapshot(),
+	}
 }
 
 // OpenPrimary reads the resource's metadata and activemap from dev and starts serving: the
@@ -249,6 +267,7 @@ type wop struct {
 	pendDone atomic.Int32
 	remErr   atomic.Bool
 	sent     bool
+	lnk      *link // the link the remote leg went on (nil: not sent)
 	localErr error
 	ack      chan struct{}
 }
@@ -274,6 +293,7 @@ func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	p.st.writes.Add(1)
+	defer p.lat.Write.Since(time.Now())
 	if err := p.mutate(proto.CmdWrite, b, off, int64(len(b))); err != nil {
 		return 0, err
 	}
@@ -312,17 +332,19 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 		return err
 	}
 	if must {
+		t := time.Now()
 		if err := p.pers.now(); err != nil {
 			p.st.writeErr.Add(1)
 			return fail(err)
 		}
+		p.lat.Activemap.Since(t)
 	}
 	if l == nil {
 		if err := p.bumpDisconnected(); err != nil {
 			return fail(err)
 		}
 	}
-	w := &wop{p: p, off: off, n: n, cmd: cmd, ack: make(chan struct{})}
+	w := &wop{p: p, off: off, n: n, cmd: cmd, lnk: l, ack: make(chan struct{})}
 	mode := p.cfg.Mode
 	if l != nil && mode == ModeMemsync && l.version < 2 {
 		mode = ModeFullsync // a protocol-1 peer cannot acknowledge receipt
@@ -347,14 +369,20 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 		l.submit(reqs...)
 	}
 	var lerr error
+	tl := time.Now()
 	if cmd == proto.CmdWrite {
 		_, lerr = p.dev.WriteAt(b, p.base+off)
 	} else {
 		lerr = p.dev.Discard(p.base+off, n)
 	}
+	tp := time.Now()
+	p.lat.Local.Observe(tp.Sub(tl))
 	w.localErr = lerr
 	w.ackOne()
 	<-w.ack
+	if ackNeeded > 0 {
+		p.lat.Peer.Since(tp)
+	}
 	// Ack rule: any leg that succeeded makes the request a success (HAST masks local errors); in
 	// async mode the local leg alone decides.
 	remoteOK := l != nil && mode != ModeAsync && !w.remErr.Load()
@@ -417,7 +445,10 @@ func (p *Primary) splitRequests(cmd uint8, data []byte, off, n int64, mode Mode,
 // or never ran, in which case it stays dirty for the next synchronisation.
 func (p *Primary) finishWrite(w *wop) {
 	p.mu.Lock()
-	if !w.sent || w.remErr.Load() {
+	// A link that went down while the local leg was still running has already turned its
+	// unflushed extents dirty; this one must be made dirty here, or a peer that lost power
+	// would be missing it for good.
+	if !w.sent || w.remErr.Load() || p.lnk.Load() != w.lnk {
 		p.am.NeedSync(w.off, w.n)
 	} else {
 		p.markUnflushed(w.off, w.n)
@@ -456,6 +487,7 @@ func (p *Primary) ReadAt(b []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	p.st.reads.Add(1)
+	defer p.lat.Read.Since(time.Now())
 	n := int64(len(b))
 	p.mu.Lock()
 	remote := false
@@ -526,12 +558,18 @@ func (p *Primary) Flush() error {
 		return ErrNotPrimary
 	}
 	p.st.flushes.Add(1)
+	defer p.lat.Flush.Since(time.Now())
 	p.mu.Lock()
 	l := p.lnk.Load()
 	var taken []int
 	if l != nil {
 		taken = p.unflushedIdx
 		p.unflushedIdx = nil
+		// Unmark at once: a write the peer acknowledges while this flush is on its way may
+		// reach the peer's disk after it, and must mark its extent again.
+		for _, e := range taken {
+			p.unflushed[e] = false
+		}
 	}
 	p.mu.Unlock()
 	var rerr error
@@ -545,15 +583,23 @@ func (p *Primary) Flush() error {
 	}
 	lerr := p.dev.Flush()
 	wg.Wait()
+	must := false
 	p.mu.Lock()
 	for _, e := range taken {
 		if rerr == nil {
-			p.unflushed[e] = false
-		} else {
-			p.unflushedIdx = append(p.unflushedIdx, e)
+			continue
+		}
+		off, n := p.am.ExtentRange(e)
+		if p.lnk.Load() == l {
+			p.markUnflushed(off, n) // a later flush, or the link's loss, settles it
+		} else if p.am.NeedSync(off, n) {
+			must = true // the link's clean-up has run without these
 		}
 	}
 	p.mu.Unlock()
+	if must {
+		p.pers.later()
+	}
 	if lerr != nil {
 		p.st.flushErr.Add(1)
 		return fmt.Errorf("flush: %w", lerr)

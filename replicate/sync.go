@@ -210,5 +210,13 @@ func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start t
 			}
 		}
 	}
+	if src != SyncSrcSecondary {
+		// The peer acknowledged the copy into its cache only. Once the extent is cleared here
+		// nothing remembers it, so it must be durable there first: a crash of the peer after
+		// an interrupted sync would otherwise lose it for good.
+		if err := l.do(&rreq{cmd: proto.CmdFlush}); err != nil {
+			return fmt.Errorf("sync extent %d: flush on the peer: %w", e, err)
+		}
+	}
 	return nil
 }

@@ -17,7 +17,8 @@ type Volume interface {
 	WriteAt(p []byte, off int64) (int, error)
 	// Flush makes all completed writes durable on both nodes (or locally, when degraded).
 	Flush() error
-	// Discard tells both nodes the range is unused (punch hole / BLKDISCARD).
+	// Discard tells both nodes the range is unused (punch hole on files, BLKZEROOUT on block
+	// devices). Afterwards the range reads as zeros on both nodes.
 	Discard(off, length int64) error
 	// Size is the data size in bytes (HAST's datasize).
 	Size() int64

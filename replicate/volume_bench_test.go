@@ -100,11 +100,15 @@ func benchWrites(b *testing.B, mode Mode, bs, depth int, random bool) {
 	b.ReportMetric(float64(per*depth)/b.Elapsed().Seconds(), "IOPS")
 }
 
-func BenchmarkVolumeRandWrite4KQD32Fullsync(b *testing.B) { benchWrites(b, ModeFullsync, 4096, 32, true) }
-func BenchmarkVolumeRandWrite4KQD32Memsync(b *testing.B)  { benchWrites(b, ModeMemsync, 4096, 32, true) }
-func BenchmarkVolumeRandWrite4KQD32Async(b *testing.B)    { benchWrites(b, ModeAsync, 4096, 32, true) }
-func BenchmarkVolumeSeqWrite1MQD8Fullsync(b *testing.B)   { benchWrites(b, ModeFullsync, 1<<20, 8, false) }
-func BenchmarkVolumeWrite4KQD1Fullsync(b *testing.B)      { benchWrites(b, ModeFullsync, 4096, 1, true) }
+func BenchmarkVolumeRandWrite4KQD32Fullsync(b *testing.B) {
+	benchWrites(b, ModeFullsync, 4096, 32, true)
+}
+func BenchmarkVolumeRandWrite4KQD32Memsync(b *testing.B) { benchWrites(b, ModeMemsync, 4096, 32, true) }
+func BenchmarkVolumeRandWrite4KQD32Async(b *testing.B)   { benchWrites(b, ModeAsync, 4096, 32, true) }
+func BenchmarkVolumeSeqWrite1MQD8Fullsync(b *testing.B) {
+	benchWrites(b, ModeFullsync, 1<<20, 8, false)
+}
+func BenchmarkVolumeWrite4KQD1Fullsync(b *testing.B) { benchWrites(b, ModeFullsync, 4096, 1, true) }
 
 // benchKeepDirty is the activemap LRU size of the benchmark volume (HAST's default).
 var benchKeepDirty uint32 = 64

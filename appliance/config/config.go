@@ -111,7 +111,27 @@ type Resource struct {
 	MetaFlush   bool   // flush metadata writes
 
 	// Extensions of ours (not HAST's) are added below this line.
+
+	// TLS is the resource's link security; the zero value means none (plain HAST).
+	TLS LinkSecurity
 }
+
+// LinkSecurity is how a resource's replication link is authenticated and encrypted (our
+// extension; see package hast/internal/linksec): with a pre-shared key (PSK) or with
+// certificates (Cert, Key and CA), never both. Paths are as written in the file.
+type LinkSecurity struct {
+	PSK  string // tls-psk: file holding the pre-shared secret
+	Cert string // tls-cert: this node's certificate (PEM)
+	Key  string // tls-key: its private key (PEM)
+	CA   string // tls-ca: the CA certificates the peer's certificate must chain to (PEM)
+	// Digest is a SHA-256 over the files' contents as they were when the configuration was
+	// loaded. The files were checked then; the digest makes a reload that finds a new secret
+	// behind an unchanged path see a changed resource.
+	Digest [32]byte
+}
+
+// Enabled reports whether the resource uses link security.
+func (l LinkSecurity) Enabled() bool { return l.PSK != "" || l.Cert != "" }
 
 // Resource returns the resource called name, or nil if there is none.
 func (c *Config) Resource(name string) *Resource {

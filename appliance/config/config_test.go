@@ -14,13 +14,23 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
 
-// fakeHost is a machine with fixed names.
+// fakeHost is a machine with fixed names. Of its files only the test keys under
+// testdata/linksec/ can be read, so fuzzed paths reach nothing else.
 func fakeHost(hostname, uuid string, hostid uint32) host {
 	return host{
 		hostname:  func() (string, error) { return hostname, nil },
 		machineID: func() (string, error) { return uuid, nil },
 		hostID:    func() (uint32, error) { return hostid, nil },
+		readFile:  readTestKey,
 	}
+}
+
+func readTestKey(path string) ([]byte, error) {
+	dir, name := filepath.Split(path)
+	if dir != "testdata/linksec/" || name == "" || name == "." || name == ".." {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
+	}
+	return os.ReadFile(path)
 }
 
 // dump renders a Config as stable text for golden files.
@@ -35,6 +45,11 @@ func dump(c *Config) string {
 		fmt.Fprintf(&b, "\tname %q\n\tlocal %q\n\tremote %q\n\tsource %q\n", r.Provname, r.Local, r.Remote, r.Source)
 		fmt.Fprintf(&b, "\treplication %s\n\tchecksum %s\n\tcompression %s\n", r.Replication, r.Checksum, r.Compression)
 		fmt.Fprintf(&b, "\ttimeout %d\n\texec %q\n\tmetaflush %t\n", r.Timeout, r.Exec, r.MetaFlush)
+		// Only when set, so the golden files of plain HAST configurations stay HAST's.
+		if r.TLS.Enabled() {
+			fmt.Fprintf(&b, "\ttls-psk %q\n\ttls-cert %q\n\ttls-key %q\n\ttls-ca %q\n\ttls-digest %x\n",
+				r.TLS.PSK, r.TLS.Cert, r.TLS.Key, r.TLS.CA, r.TLS.Digest)
+		}
 	}
 	return b.String()
 }

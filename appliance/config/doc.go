@@ -32,4 +32,26 @@
 //     section, including those for other nodes, so a mistake is found on both nodes at once;
 //     a bracketed IPv6 address without a port is accepted, which hastd's tcp_addr rejects;
 //   - a timeout above 2^31-1, which overflows hastd's atoi, is an error.
+//
+// # Extensions
+//
+// Link security (authenticated, encrypted replication, package hast/internal/linksec) is
+// configured with statements HAST does not have, allowed at the top level and in a resource:
+//
+//	tls-psk /etc/hast/psk          # a pre-shared secret, the same file on both nodes
+//	resource shared {
+//	        tls-cert /etc/hast/node.crt   # or certificates: this node's, its key,
+//	        tls-key /etc/hast/node.key    # and the CA the peer's must chain to
+//	        tls-ca /etc/hast/ca.crt
+//	        ...
+//	}
+//
+// A level uses either tls-psk or all three of tls-cert, tls-key and tls-ca; mixing them is an
+// error. A resource with any tls-* statement uses only its own and ignores the top level's;
+// "tls-psk none" in a resource turns a top-level default off. The files are read and checked
+// when the file is parsed (readable regular files, a secret of at least 16 bytes after trailing
+// white space, a certificate that matches its key, a CA file of certificates), so a mistake
+// is reported with the position of the statement, and Resource.TLS carries a digest of their
+// contents. The four words are reserved like HAST's keywords, so they cannot name a resource
+// or a node.
 package config

@@ -9,8 +9,8 @@ import (
 // TestErrors checks every kind of error with its exact position and wording. All cases are
 // resolved for node "a".
 func TestErrors(t *testing.T) {
-	const topKeywords = "checksum, compression, control, exec, listen, metaflush, on, pidfile, replication, resource, timeout"
-	const resKeywords = `checksum, compression, exec, local, metaflush, name, on, replication, timeout, "}"`
+	const topKeywords = "checksum, compression, control, exec, listen, metaflush, on, pidfile, replication, resource, timeout, tls-ca, tls-cert, tls-key, tls-psk"
+	const resKeywords = `checksum, compression, exec, local, metaflush, name, on, replication, timeout, tls-ca, tls-cert, tls-key, tls-psk, "}"`
 	long := func(n int) string { return strings.Repeat("x", n) }
 	for _, tc := range []struct {
 		name string

@@ -85,6 +85,11 @@ func checkConsistent(t *testing.T, c *Config) {
 			t.Fatalf("bad timeout in %+v", r)
 		case strings.Contains(r.Replication.String()+r.Checksum.String()+r.Compression.String(), "("):
 			t.Fatalf("bad enum in %+v", r)
+		case r.TLS.PSK != "" && (r.TLS.Cert != "" || r.TLS.Key != "" || r.TLS.CA != ""),
+			r.TLS.Cert != "" && (r.TLS.Key == "" || r.TLS.CA == ""),
+			r.TLS.Cert == "" && (r.TLS.Key != "" || r.TLS.CA != ""),
+			r.TLS.Enabled() != (r.TLS.Digest != [32]byte{}):
+			t.Fatalf("inconsistent link security in %+v", r)
 		}
 		seen[r.Name] = true
 		if r.Remote != "none" {
@@ -112,6 +117,12 @@ func render(c *Config) string {
 			r.Name, r.Replication, r.Checksum, r.Compression, r.Timeout)
 		if r.Exec != "" {
 			fmt.Fprintf(&b, "\texec %s\n", r.Exec)
+		}
+		switch {
+		case r.TLS.PSK != "":
+			fmt.Fprintf(&b, "\ttls-psk %s\n", r.TLS.PSK)
+		case r.TLS.Cert != "":
+			fmt.Fprintf(&b, "\ttls-cert %s\n\ttls-key %s\n\ttls-ca %s\n", r.TLS.Cert, r.TLS.Key, r.TLS.CA)
 		}
 		mf := "off"
 		if r.MetaFlush {

@@ -12,18 +12,22 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"hast/internal/linksec"
 )
 
-// host tells who this machine is, for matching "on" sections. Each part is looked up only when
-// a section needs it; tests supply fixed answers.
+// host tells who this machine is, for matching "on" sections, and reads the key files that
+// link security statements name. Each part is looked up only when a section needs it; tests
+// supply fixed answers.
 type host struct {
 	hostname  func() (string, error)
 	machineID func() (string, error) // "" when the machine has none
 	hostID    func() (uint32, error)
+	readFile  func(path string) ([]byte, error)
 }
 
 func systemHost() host {
-	return host{hostname: os.Hostname, machineID: readMachineID, hostID: gethostid}
+	return host{hostname: os.Hostname, machineID: readMachineID, hostID: gethostid, readFile: linksec.ReadFile}
 }
 
 // identity caches the parts of a host that have been looked up.

@@ -31,6 +31,8 @@ var keywords = map[string]bool{
 	"name": true, "local": true, "remote": true, "source": true, "on": true, "off": true,
 	"fullsync": true, "memsync": true, "async": true, "none": true, "crc32": true,
 	"sha256": true, "hole": true, "lzf": true,
+	// Our extension (link security); reserving them takes four names HAST allowed.
+	"tls-psk": true, "tls-cert": true, "tls-key": true, "tls-ca": true,
 }
 
 // isWordByte reports whether c belongs to token.l's STR class [a-zA-Z0-9.\-_/:\[\]].

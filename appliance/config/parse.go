@@ -42,6 +42,11 @@ var stmtScopes = map[string]scope{
 	"source":      scopeResNode,
 	"on":          scopeTop | scopeRes,
 	"resource":    scopeTop,
+	// Link security, our extension: a resource's own statements replace the top level's.
+	"tls-psk":  scopeTop | scopeRes,
+	"tls-cert": scopeTop | scopeRes,
+	"tls-key":  scopeTop | scopeRes,
+	"tls-ca":   scopeTop | scopeRes,
 }
 
 // valueKind is the kind of argument a statement takes.
@@ -64,12 +69,13 @@ type stmtArg struct {
 	what   string // what is expected, for messages
 	maxLen int    // for strings: the value must be shorter
 	port   int    // for addresses: default port
+	none   bool   // the keyword "none" is a value too
 }
 
 var stmtArgs = map[string]stmtArg{
 	"control":     {kind: vAddr, what: "an address", maxLen: maxAddrLen, port: DefaultPort},
 	"listen":      {kind: vAddr, what: "an address", maxLen: maxAddrLen, port: DefaultPort},
-	"remote":      {kind: vRemote, what: `an address or "none"`, maxLen: maxAddrLen, port: DefaultPort},
+	"remote":      {kind: vRemote, what: `an address or "none"`, maxLen: maxAddrLen, port: DefaultPort, none: true},
 	"source":      {kind: vAddr, what: "an address", maxLen: maxAddrLen, port: 0},
 	"pidfile":     {kind: vPath, what: "a path", maxLen: maxPathLen},
 	"local":       {kind: vPath, what: "a path", maxLen: maxPathLen},
@@ -82,6 +88,10 @@ var stmtArgs = map[string]stmtArg{
 	"checksum":    {kind: vChecksum, what: "none, crc32 or sha256"},
 	"compression": {kind: vCompression, what: "none, hole or lzf"},
 	"metaflush":   {kind: vBool, what: "on or off"},
+	"tls-psk":     {kind: vPath, what: `a key file or "none"`, maxLen: maxPathLen, none: true},
+	"tls-cert":    {kind: vPath, what: "a certificate file", maxLen: maxPathLen},
+	"tls-key":     {kind: vPath, what: "a key file", maxLen: maxPathLen},
+	"tls-ca":      {kind: vPath, what: "a CA certificate file", maxLen: maxPathLen},
 }
 
 var (
@@ -142,6 +152,8 @@ type resState struct {
 	provname    string
 	local       string
 
+	link linkState
+
 	hadMyNode     bool
 	nodeProvname  string
 	nodeLocal     string
@@ -165,6 +177,7 @@ type parser struct {
 	timeout                  int
 	exec                     string
 	metaflush                bool
+	link                     linkState
 
 	matched   string // first "on" name that matched
 	resources []*Resource
@@ -187,7 +200,7 @@ func parse(name string, src []byte, opt Options, h host) (*Config, error) {
 	if err := p.body(nil); err != nil {
 		return nil, err
 	}
-	return p.finish(name), nil
+	return p.finish(name)
 }
 
 func (p *parser) errorf(t token, format string, args ...any) error {
@@ -233,6 +246,12 @@ func (p *parser) statement(sec *section, kw token) error {
 		return p.onSection(sec, kw, v)
 	case "resource":
 		return p.resource(kw, v)
+	case "tls-psk", "tls-cert", "tls-key", "tls-ca":
+		ls := &p.link
+		if sec != nil {
+			ls = &sec.res.link
+		}
+		return p.setLink(ls, kw, v)
 	}
 	if sec == nil {
 		p.setTop(kw.text, v)
@@ -365,8 +384,8 @@ func (p *parser) arg(kw token) (value, error) {
 		v.num = n
 		return v, nil
 	}
-	// The rest take a string; "remote" also takes the keyword "none".
-	if !(t.kind == tStr || a.kind == vRemote && t.kind == tKeyword && t.text == "none") {
+	// The rest take a string; "remote" and "tls-psk" also take the keyword "none".
+	if !(t.kind == tStr || a.none && t.kind == tKeyword && t.text == "none") {
 		return v, p.expectedString(kw, a.what, t)
 	}
 	if a.maxLen > 0 && len(t.text) >= a.maxLen {
@@ -534,6 +553,11 @@ func (p *parser) resource(kw token, name value) error {
 	if r.Local == "" {
 		return p.errorf(kw, "Path to local component not configured for resource %s.", rs.name)
 	}
+	link, err := p.resolveLink(&rs.link, "in resource "+strconv.Quote(rs.name))
+	if err != nil {
+		return err
+	}
+	r.TLS = link
 	// Top-level values are applied in finish(), because they may come after the resource.
 	p.resources = append(p.resources, r)
 	p.pending = append(p.pending, rs)
@@ -669,7 +693,11 @@ func editDistance(a, b string) int {
 
 // finish applies top-level values and defaults, which hastd also does only after the whole
 // file is read.
-func (p *parser) finish(path string) *Config {
+func (p *parser) finish(path string) (*Config, error) {
+	topLink, err := p.resolveLink(&p.link, "at top level")
+	if err != nil {
+		return nil, err
+	}
 	c := &Config{
 		Path:      path,
 		Node:      p.opt.Node,
@@ -692,8 +720,11 @@ func (p *parser) finish(path string) *Config {
 		r.Timeout = deref(rs.timeout, p.timeout)
 		r.Exec = firstNonEmpty(rs.exec, p.exec)
 		r.MetaFlush = deref(rs.nodeMetaflush, deref(rs.metaflush, p.metaflush))
+		if !rs.link.any() {
+			r.TLS = topLink
+		}
 	}
-	return c
+	return c, nil
 }
 
 func deref[T any](p *T, def T) T {
