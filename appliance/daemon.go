@@ -39,6 +39,7 @@ type Options struct {
 	NBD        []string
 	FUSE       string // mount directory for the FUSE file view, "" = off
 	StateDir   string // split-brain reports and saved data (default /var/lib/hast)
+	Metrics    string // listen address of the Prometheus endpoint, "" = off
 	Keepalive  time.Duration
 	Reconnect  time.Duration
 	SyncRate   int64
@@ -61,12 +62,13 @@ type Daemon struct {
 	nbdSrv  *nbd.Server
 	fuseFS  *fuse.FS
 
-	acceptor  *replicate.Acceptor
-	listeners []net.Listener
-	ctl       net.Listener
-	httpSrv   *http.Server
-	pidfile   *os.File
-	wg        sync.WaitGroup
+	acceptor   *replicate.Acceptor
+	listeners  []net.Listener
+	ctl        net.Listener
+	httpSrv    *http.Server
+	metricsSrv *http.Server
+	pidfile    *os.File
+	wg         sync.WaitGroup
 }
 
 // NewDaemon loads the configuration, takes the pidfile and opens the control socket and the
@@ -141,6 +143,12 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 					log.Error().Err(err).Msg("nbd server stopped")
 				}
 			}()
+		}
+	}
+	if opt.Metrics != "" {
+		if err := d.serveMetrics(opt.Metrics); err != nil {
+			d.Close()
+			return nil, exitErr(exOSErr, fmt.Errorf("metrics listen on %s: %w", opt.Metrics, err))
 		}
 	}
 	if opt.FUSE != "" {
@@ -278,6 +286,9 @@ func (d *Daemon) Close() {
 	}
 	if d.httpSrv != nil {
 		d.httpSrv.Close()
+	}
+	if d.metricsSrv != nil {
+		d.metricsSrv.Close()
 	}
 	if d.nbdSrv != nil {
 		d.nbdSrv.Close()

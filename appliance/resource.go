@@ -13,6 +13,7 @@ import (
 
 	"hast/appliance/config"
 	"hast/blockdev"
+	"hast/internal/hist"
 	"hast/internal/linksec"
 	"hast/internal/nv"
 	"hast/replicate"
@@ -500,6 +501,16 @@ func (r *resource) verify(rate int64) error {
 		return fmt.Errorf("%s is %s here; run verify on the primary", r.cfg.Name, r.role)
 	}
 	return r.primary.Verify(rate)
+}
+
+// latency returns the primary's latency histograms (none in other roles).
+func (r *resource) latency() map[string]hist.Snapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.role != RolePrimary || r.primary == nil {
+		return nil
+	}
+	return r.primary.LatencySnapshot()
 }
 
 func (r *resource) shutdown() {
