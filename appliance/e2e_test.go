@@ -56,7 +56,9 @@ func (o *testOut) String() string {
 	return o.b.String()
 }
 
-func newTestCluster(t *testing.T, opt ClusterOptions) (*Cluster, *testOut) {
+// newTestCluster creates and starts a two-node cluster; extra[i], if given, are more daemon
+// flags for node i.
+func newTestCluster(t *testing.T, opt ClusterOptions, extra ...[]string) (*Cluster, *testOut) {
 	t.Helper()
 	opt.Dir = t.TempDir()
 	opt.Exe = hastBin
@@ -80,8 +82,12 @@ func newTestCluster(t *testing.T, opt ClusterOptions) (*Cluster, *testOut) {
 			t.Logf("CLI output:\n%s", out)
 		}
 	})
-	for _, n := range c.Nodes {
-		if err := c.Start(n); err != nil {
+	for i, n := range c.Nodes {
+		var args []string
+		if i < len(extra) {
+			args = extra[i]
+		}
+		if err := c.Start(n, args...); err != nil {
 			t.Fatal(err)
 		}
 	}

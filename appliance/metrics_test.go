@@ -12,11 +12,8 @@ func TestPrometheusMetrics(t *testing.T) {
 	port, err := freePort("127.0.0.1")
 	must(t, err)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	c, _ := newTestCluster(t, ClusterOptions{})
-	// Restart hast1 with the metrics endpoint.
+	c, _ := newTestCluster(t, ClusterOptions{}, []string{"--metrics", addr})
 	h1 := c.Nodes[0]
-	c.Kill(h1, 15)
-	must(t, c.Start(h1, "--metrics", addr))
 	pair(t, c)
 	model := readVolume(t, c, h1, "disk1")
 	writeRandom(t, c, h1, "disk1", model, 20, 31)
