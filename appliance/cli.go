@@ -601,6 +601,9 @@ func printList(w io.Writer, res []statusEntry) {
 			fmt.Fprintf(w, "  sourceaddr: %s\n", r.SourceAddr)
 		}
 		fmt.Fprintf(w, "  replication: %s\n", r.Replication)
+		if r.LinkSecurity != "" {
+			fmt.Fprintf(w, "  link security: %s\n", r.LinkSecurity)
+		}
 		if r.Status != "" {
 			fmt.Fprintf(w, "  status: %s\n", r.Status)
 		}

@@ -425,6 +425,7 @@ type ResourceStatus struct {
 	Verify       *replicate.VerifyStatus `json:"verify,omitempty"`
 	LastSaved    string                  `json:"discarded_saved_to,omitempty"`
 	Inconsistent bool                    `json:"inconsistent,omitempty"`
+	LinkSecurity string                  `json:"link_security,omitempty"` // "tls-psk" or "tls-cert"; empty for plain HAST
 
 	Stats replicate.Stats `json:"statistics"`
 	Queue struct {
@@ -440,6 +441,9 @@ func (r *resource) status() ResourceStatus {
 		Name: c.Name, Role: r.role.String(), Provname: c.Provname, LocalPath: c.Local, RemoteAddr: c.Remote,
 		SourceAddr: c.Source, Replication: c.Replication.String(), Checksum: c.Checksum.String(),
 		Compression: c.Compression.String(),
+	}
+	if r.link != nil {
+		s.LinkSecurity = "tls-" + map[bool]string{true: "psk", false: "cert"}[r.link.Mode() == linksec.ModePSK]
 	}
 	r.evMu.Lock()
 	s.SplitBrain, s.LastError, s.LastSaved = r.splitBrain, r.lastErr, r.lastSaved
