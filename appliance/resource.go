@@ -460,6 +460,7 @@ func (r *resource) status() ResourceStatus {
 		}
 		s.Dirty, s.ExtentSize, s.KeepDirty, s.DataSize = ps.DirtyBytes, ps.ExtentSize, ps.KeepDirty, ps.DataSize
 		s.SplitBrain = s.SplitBrain || ps.SplitBrain
+		s.Inconsistent = ps.Metadata.Inconsistent
 		if ps.Syncing {
 			s.SyncSource, s.SyncTotal, s.SyncDone = ps.SyncSource.String(), ps.SyncTotal, ps.SyncDone
 		}
@@ -470,6 +471,9 @@ func (r *resource) status() ResourceStatus {
 		s.Queue.Local = ps.Inflight
 		s.Queue.Idle = replicate.MaxInflight - ps.Inflight
 	case RoleSecondary:
+		if md, err := blockdev.ReadMetadata(r.dev, r.name); err == nil {
+			s.Inconsistent = md.Inconsistent
+		}
 		if secConnected {
 			s.WorkerPID = os.Getpid()
 			s.Connected = true

@@ -37,10 +37,18 @@ func (t *testTarget) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.cancel, t.done = cancel, done
+	cfg, dev := t.cfg, t.dev
 	go func() {
 		defer close(done)
-		RunSecondary(ctx, t.cfg, t.dev, c1, c2, version, hello, zerolog.Nop())
+		RunSecondary(ctx, cfg, dev, c1, c2, version, hello, zerolog.Nop())
 	}()
+}
+
+// setDev changes the device the next session uses.
+func (t *testTarget) setDev(d blockdev.Device) {
+	t.mu.Lock()
+	t.dev = d
+	t.mu.Unlock()
 }
 
 func (t *testTarget) stop() {
@@ -208,8 +216,8 @@ func TestRemoteFailureLeavesExtentDirtyAndResyncs(t *testing.T) {
 	// The secondary's disk refuses writes for a while: the write is acknowledged (local ok)
 	// but its extent must stay dirty.
 	sfault := blockdev.NewFaultDevice(pt.smem, 2)
+	pt.sec.setDev(sfault)
 	pt.sec.stop()
-	pt.sec.dev = sfault
 	id := sfault.Inject(blockdev.Fault{Op: blockdev.OpWrite, Off: localOff(t, pt.smem), Len: testDisk})
 	pt.waitConnected(t)
 	rng := rand.New(rand.NewPCG(5, 6))
@@ -226,6 +234,27 @@ func TestRemoteFailureLeavesExtentDirtyAndResyncs(t *testing.T) {
 	pt.waitSynced(t)
 	if !bytes.Equal(dataOf(t, pt.pmem), dataOf(t, pt.smem)) {
 		t.Fatal("copies differ after resync")
+	}
+}
+
+// reconnect ends the secondary's session and waits for the primary's next connection.
+func (pt *pairT) reconnect(t *testing.T) {
+	t.Helper()
+	for len(pt.pevents) > 0 {
+		<-pt.pevents
+	}
+	pt.sec.stop()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-pt.pevents:
+			if e == EventConnect {
+				pt.waitSynced(t)
+				return
+			}
+		case <-deadline:
+			t.Fatal("primary did not reconnect")
+		}
 	}
 }
 
@@ -360,5 +389,39 @@ func TestOnlineVerifyFindsAndRepairsDivergence(t *testing.T) {
 	}
 	if v := pt.p.VerifyProgress(); len(v.Mismatched) != 0 || v.Error != "" {
 		t.Fatalf("second verify: %+v", v)
+	}
+}
+
+// slowFlush delays Flush so a request can queue behind it on the secondary.
+type slowFlush struct {
+	blockdev.Device
+	delay time.Duration
+}
+
+func (s *slowFlush) Flush() error {
+	time.Sleep(s.delay)
+	return s.Device.Flush()
+}
+
+// TestMemsyncReceivedWriteAppliedWhenSessionEnds: a memsync write acknowledged as "received"
+// while it waited behind a FLUSH on the secondary must still reach the secondary's disk when the
+// session ends before it was applied (the primary may already have completed it).
+func TestMemsyncReceivedWriteAppliedWhenSessionEnds(t *testing.T) {
+	pt := newPair(t, ModeMemsync, nil)
+	pt.sec.setDev(&slowFlush{Device: pt.smem, delay: 500 * time.Millisecond})
+	pt.reconnect(t)
+	go pt.p.Flush()
+	time.Sleep(50 * time.Millisecond) // the FLUSH is being applied on the secondary
+	want := bytes.Repeat([]byte{0xc3}, 4096)
+	if _, err := pt.p.WriteAt(want, 6<<20); err != nil {
+		t.Fatal(err)
+	}
+	pt.sec.stop() // the session ends while the write waits behind the flush
+	got := make([]byte, len(want))
+	if _, err := pt.smem.ReadAt(got, localOff(t, pt.smem)+6<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("a write acknowledged as received was dropped when the session ended")
 	}
 }

@@ -330,14 +330,38 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 			s.queueReply(sreply{seq: seq, received: true})
 		}
 		if !s.track(r) {
+			s.finishAcked(r)
 			return s.failErr
 		}
 		select {
 		case work <- r:
 		case <-s.done:
+			s.untrack(r.seq)
+			s.finishAcked(r)
 			return s.failErr
 		}
 	}
+}
+
+// finishAcked runs when the session ends with r read but not handed to a worker. A memsync
+// write was already acknowledged as received: the primary may have completed it to its
+// application, so it must reach the disk even though the session is over — after every
+// request still in progress, so overlapping writes keep their order.
+func (s *secondary) finishAcked(r sreq) {
+	if r.data == nil {
+		return
+	}
+	if r.memsync {
+		s.tmu.Lock()
+		for s.nact > 0 {
+			s.tcond.Wait()
+		}
+		s.tmu.Unlock()
+		if _, err := s.dev.WriteAt(r.data, s.base+r.off); err != nil {
+			s.log.Error().Err(err).Int64("offset", r.off).Msg("unable to apply a write acknowledged as received")
+		}
+	}
+	putBuf(r.data)
 }
 
 // validate applies §7.3's checks; a failed check is answered with EINVAL and touches nothing.

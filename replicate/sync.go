@@ -35,7 +35,11 @@ func (p *Primary) syncLoop(l *link) {
 	pending := p.am.SyncPending()
 	src := p.syncSrc
 	p.syncing = true
-	p.syncTotal = int64(pending) * int64(p.ext)
+	p.syncTotal = 0
+	for e, _, ok := p.am.NextSync(0); ok; e, _, ok = p.am.NextSync(e + 1) {
+		_, n := p.am.ExtentRange(e)
+		p.syncTotal += n
+	}
 	p.syncDone.Store(0)
 	p.mu.Unlock()
 	start := time.Now()
