@@ -23,13 +23,15 @@ type persister struct {
 	updates uint64 // bitmap writes, for statistics
 	// lastClear is when bits were last cleared on disk (loop goroutine only).
 	lastClear time.Time
+	// kick wakes the loop out of a lazy round's batching delay when a writer needs a write now.
+	kick chan struct{}
 }
 
 // lazyDelay batches lazy clean-ups, and spaces out the data flushes that clearing bits needs.
 const lazyDelay = 20 * time.Millisecond
 
 func newPersister(p *Primary, durable []byte) *persister {
-	ps := &persister{p: p, durable: append([]byte(nil), durable...)}
+	ps := &persister{p: p, durable: append([]byte(nil), durable...), kick: make(chan struct{}, 1)}
 	ps.cond.L = &ps.mu
 	go ps.loop()
 	return ps
@@ -42,6 +44,10 @@ func (ps *persister) now() error {
 	ps.want++
 	target := ps.want
 	ps.cond.Broadcast()
+	select {
+	case ps.kick <- struct{}{}:
+	default:
+	}
 	for ps.done < target && ps.err == nil && !ps.stop {
 		ps.cond.Wait()
 	}
@@ -80,10 +86,21 @@ func (ps *persister) loop() {
 			return
 		}
 		urgent := ps.want != ps.done
+		if !urgent {
+			// Every request made so far is served: a kick still pending is stale.
+			select {
+			case <-ps.kick:
+			default:
+			}
+		}
 		ps.mu.Unlock()
 		if !urgent {
-			// Batch lazy clean-ups: a bit that is set too long only costs a resync.
-			time.Sleep(lazyDelay)
+			// Batch lazy clean-ups: a bit that is set too long only costs a resync. A writer
+			// waiting for its bit must not wait out the delay.
+			select {
+			case <-time.After(lazyDelay):
+			case <-ps.kick:
+			}
 		}
 		ps.mu.Lock()
 		gen := ps.want
