@@ -425,3 +425,66 @@ func TestMemsyncReceivedWriteAppliedWhenSessionEnds(t *testing.T) {
 		t.Fatal("a write acknowledged as received was dropped when the session ended")
 	}
 }
+
+// TestStaleLocalExtentIsPulledNeverPushed: after a local write fails while the peer's copy
+// succeeds, the extent is repaired from the peer, and while the peer is unreachable the range is
+// neither written nor read locally — a resync must never push the stale copy over the good one.
+func TestStaleLocalExtentIsPulledNeverPushed(t *testing.T) {
+	pt := newPair(t, ModeFullsync, nil)
+	want := bytes.Repeat([]byte{0x77}, 64<<10)
+	id := pt.pdev.Inject(blockdev.Fault{Op: blockdev.OpWrite, Off: localOff(t, pt.pmem) + 4<<20, Len: 1 << 20, Times: 1})
+	if _, err := pt.p.WriteAt(want, 4<<20); err != nil {
+		t.Fatalf("write masked by the peer: %v", err)
+	}
+	if pt.pdev.Fired(id) != 1 {
+		t.Fatal("fault did not fire")
+	}
+	// The sync pass started by the failure pulls the extent back from the peer.
+	pt.waitSynced(t)
+	if !bytes.Equal(dataOf(t, pt.pmem), dataOf(t, pt.smem)) {
+		t.Fatal("copies differ after the stale extent was repaired")
+	}
+	got := make([]byte, len(want))
+	if _, err := pt.pmem.ReadAt(got, localOff(t, pt.pmem)+4<<20); err != nil || !bytes.Equal(got, want) {
+		t.Fatal("the primary's own disk was not repaired from the peer")
+	}
+	if md, err := blockdev.ReadMetadata(pt.pmem, "r0"); err != nil || md.Inconsistent {
+		t.Fatalf("metadata after repair: %+v, %v", md, err)
+	}
+
+	// Again, but the peer goes away before the repair: the range is refused, not served stale.
+	pt.sec.setDev(blockdev.NewFaultDevice(pt.smem, 3))
+	pt.reconnect(t)
+	pt.pdev.Inject(blockdev.Fault{Op: blockdev.OpWrite, Off: localOff(t, pt.pmem) + 6<<20, Len: 1 << 20, Times: 1})
+	pt.ln.Close() // no new connections
+	if _, err := pt.p.WriteAt(want, 6<<20); err != nil {
+		t.Fatalf("write masked by the peer: %v", err)
+	}
+	pt.sec.stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for pt.p.Status().Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("link did not go down")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := pt.p.ReadAt(got, 6<<20); err == nil {
+		t.Fatal("read of a stale range without the peer succeeded")
+	}
+	if _, err := pt.p.WriteAt(want[:4096], 6<<20); err == nil {
+		t.Fatal("write to a stale range without the peer was acknowledged")
+	}
+	if _, err := pt.p.WriteAt(want[:4096], 1<<20); err != nil {
+		t.Fatalf("write to a healthy range without the peer: %v", err)
+	}
+	// The mark is written in the background; give it a moment.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		md, err := blockdev.ReadMetadata(pt.pmem, "r0")
+		if err == nil && md.Inconsistent {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a primary with a stale extent must be marked inconsistent on disk: %+v, %v", md, err)
+		}
+	}
+}

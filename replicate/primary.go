@@ -320,8 +320,16 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 	}
 	p.rl.lockWrite(off, n)
 	p.mu.Lock()
-	must := p.am.WriteStart(off, n)
 	l := p.lnk.Load()
+	if l == nil && p.anyStale(off, n) {
+		// Part of this range is only right on the peer; a partial write here could never be
+		// merged with it. Refuse rather than acknowledge something we cannot keep.
+		p.mu.Unlock()
+		p.rl.unlockWrite(off, n)
+		<-p.sem
+		return fmt.Errorf("write %d+%d: the local copy of this range is stale and the peer is unreachable: %w", off, n, ErrDisconnected)
+	}
+	must := p.am.WriteStart(off, n)
 	p.mu.Unlock()
 	fail := func(err error) error {
 		p.mu.Lock()
@@ -453,18 +461,49 @@ func (p *Primary) finishWrite(w *wop) {
 	} else {
 		p.markUnflushed(w.off, w.n)
 	}
+	staleNow := false
 	if w.localErr != nil && w.sent && !w.remErr.Load() {
+		// The peer has this write, our disk does not: the extent is served from the peer and
+		// marked for synchronisation, which pulls it from the peer (never pushes it). Until then
+		// this copy must not be promoted or used as a sync source after a restart.
 		for e := int(w.off >> p.eshift); e <= int((w.off+w.n-1)>>p.eshift); e++ {
 			p.stale[e] = struct{}{}
 		}
+		p.am.NeedSync(w.off, w.n)
+		staleNow = !p.md.Inconsistent
+		p.md.Inconsistent = true
 	}
 	changed := p.am.WriteDone(w.off, w.n)
+	l := p.lnk.Load()
 	p.mu.Unlock()
 	if changed {
 		p.pers.later()
 	}
+	if staleNow {
+		go func() {
+			if err := p.writeMetadata(); err != nil {
+				p.log.Error().Err(err).Msg("unable to record that the local copy is stale")
+			}
+		}()
+	}
+	if w.localErr != nil && l != nil {
+		p.startSync(l)
+	}
 	p.rl.unlockWrite(w.off, w.n)
 	<-p.sem
+}
+
+// anyStale reports whether a range touches an extent whose local copy is known bad (p.mu held).
+func (p *Primary) anyStale(off, n int64) bool {
+	if len(p.stale) == 0 {
+		return false
+	}
+	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
+		if _, bad := p.stale[e]; bad {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Primary) markUnflushed(off, n int64) {

@@ -175,7 +175,13 @@ func (p *Primary) syncLoop(l *link) {
 func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start time.Time) error {
 	p.mu.Lock()
 	off, n := p.am.ExtentRange(e)
+	_, stale := p.stale[e]
 	p.mu.Unlock()
+	if stale {
+		// Only the peer has this extent right (a local write failed): pull it whatever the
+		// handshake decided for the device as a whole.
+		src = SyncSrcSecondary
+	}
 	for o := int64(0); o < n; o += MaxIO {
 		if p.lnk.Load() != l {
 			return ErrDisconnected
@@ -203,6 +209,11 @@ func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start t
 		p.rl.unlockSync(e)
 		if err != nil {
 			return fmt.Errorf("sync extent %d at %d: %w", e, off+o, err)
+		}
+		if stale && o+ln >= n {
+			p.mu.Lock()
+			delete(p.stale, e)
+			p.mu.Unlock()
 		}
 		total := p.syncDone.Add(ln)
 		p.st.synced.Add(uint64(ln))
