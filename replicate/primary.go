@@ -398,6 +398,13 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 	if lerr != nil && remoteOK {
 		err = nil
 	}
+	if lerr != nil && remoteOK {
+		// Before acknowledging: reads issued after this write returns must go to the peer.
+		p.mu.Lock()
+		now := p.markStaleLocked(off, n)
+		p.mu.Unlock()
+		p.staleMarked(now)
+	}
 	w.legDone()
 	if lerr != nil {
 		if cmd == proto.CmdWrite {
@@ -463,15 +470,7 @@ func (p *Primary) finishWrite(w *wop) {
 	}
 	staleNow := false
 	if w.localErr != nil && w.sent && !w.remErr.Load() {
-		// The peer has this write, our disk does not: the extent is served from the peer and
-		// marked for synchronisation, which pulls it from the peer (never pushes it). Until then
-		// this copy must not be promoted or used as a sync source after a restart.
-		for e := int(w.off >> p.eshift); e <= int((w.off+w.n-1)>>p.eshift); e++ {
-			p.stale[e] = struct{}{}
-		}
-		p.am.NeedSync(w.off, w.n)
-		staleNow = !p.md.Inconsistent
-		p.md.Inconsistent = true
+		staleNow = p.markStaleLocked(w.off, w.n)
 	}
 	changed := p.am.WriteDone(w.off, w.n)
 	l := p.lnk.Load()
@@ -479,18 +478,40 @@ func (p *Primary) finishWrite(w *wop) {
 	if changed {
 		p.pers.later()
 	}
-	if staleNow {
-		go func() {
-			if err := p.writeMetadata(); err != nil {
-				p.log.Error().Err(err).Msg("unable to record that the local copy is stale")
-			}
-		}()
-	}
+	p.staleMarked(staleNow)
 	if w.localErr != nil && l != nil {
 		p.startSync(l)
 	}
 	p.rl.unlockWrite(w.off, w.n)
 	<-p.sem
+}
+
+// markStaleLocked records that the peer has a write our disk failed to take: the extents are
+// served from the peer and marked for synchronisation, which pulls them (never pushes them);
+// until then this copy must not be promoted or be a sync source after a restart. It returns
+// true when the metadata's inconsistent mark must be written (p.mu held).
+func (p *Primary) markStaleLocked(off, n int64) bool {
+	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
+		p.stale[e] = struct{}{}
+	}
+	p.am.NeedSync(off, n)
+	if p.md.Inconsistent {
+		return false
+	}
+	p.md.Inconsistent = true
+	return true
+}
+
+// staleMarked writes the inconsistent mark in the background (the caller may be a link goroutine).
+func (p *Primary) staleMarked(write bool) {
+	if !write {
+		return
+	}
+	go func() {
+		if err := p.writeMetadata(); err != nil {
+			p.log.Error().Err(err).Msg("unable to record that the local copy is stale")
+		}
+	}()
 }
 
 // anyStale reports whether a range touches an extent whose local copy is known bad (p.mu held).

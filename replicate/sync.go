@@ -8,6 +8,12 @@ import (
 	"hast/replicate/proto"
 )
 
+// syncFlushBatch is how many copied extents share one flush on the peer before they are cleared.
+const syncFlushBatch = 16
+
+// syncFlushInterval bounds how long a copied extent waits for its batch's flush.
+const syncFlushInterval = 100 * time.Millisecond
+
 // syncWorkers is how many extents are copied at once; several chunks in flight keep both the
 // disks and the link busy where HAST copies one MAXPHYS chunk per round trip.
 const syncWorkers = 4
@@ -87,7 +93,71 @@ func (p *Primary) syncLoop(l *link) {
 		}
 		cmu.Unlock()
 	}
+	// Copied extents are cleared in batches, each after one FLUSH on the peer: the peer
+	// acknowledged the copies into its cache only, and once an extent is clear here nothing
+	// remembers it, so it must be durable there first (a peer losing power after an interrupted
+	// sync would otherwise miss it for good). One flush per batch instead of per extent keeps
+	// the resync at disk speed. Extents stay claimed until cleared so no one copies them twice.
+	type copied struct {
+		e     int
+		epoch uint64
+	}
+	var (
+		bmu    sync.Mutex
+		copies []copied
+	)
+	clearBatch := func(batch []copied) {
+		var err error
+		if len(batch) > 0 {
+			if err = l.do(&rreq{cmd: proto.CmdFlush}); err != nil {
+				err = fmt.Errorf("sync: flush on the peer: %w", err)
+			}
+		}
+		changed := false
+		if err == nil {
+			p.mu.Lock()
+			for _, c := range batch {
+				if p.am.SyncDone(c.e, c.epoch) {
+					changed = true
+				}
+			}
+			p.mu.Unlock()
+		}
+		if changed {
+			p.pers.later()
+		}
+		for _, c := range batch {
+			release(c.e, err)
+		}
+	}
+	flushPending := func(force bool) {
+		bmu.Lock()
+		if len(copies) == 0 || (!force && len(copies) < syncFlushBatch) {
+			bmu.Unlock()
+			return
+		}
+		batch := copies
+		copies = nil
+		bmu.Unlock()
+		clearBatch(batch)
+	}
 	for {
+		// Copies do not wait long for their batch: progress (dirty bytes) and a resume after a
+		// restart stay close to what was really copied.
+		tickStop, tickDone := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(tickDone)
+			t := time.NewTicker(syncFlushInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					flushPending(true)
+				case <-tickStop:
+					return
+				}
+			}
+		}()
 		var wg sync.WaitGroup
 		for range syncWorkers {
 			wg.Add(1)
@@ -99,24 +169,28 @@ func (p *Primary) syncLoop(l *link) {
 					if !ok {
 						return
 					}
-					err := p.syncExtent(l, src, e, buf, start)
-					if err == nil {
-						p.mu.Lock()
-						changed := p.am.SyncDone(e, epoch)
-						p.mu.Unlock()
-						if changed {
-							p.pers.later()
-						}
+					if err := p.syncExtent(l, src, e, buf, start); err != nil {
+						release(e, err)
+						continue
 					}
-					release(e, err)
+					bmu.Lock()
+					copies = append(copies, copied{e, epoch})
+					bmu.Unlock()
+					flushPending(false)
 				}
 			}()
 		}
 		wg.Wait()
+		close(tickStop)
+		<-tickDone
+		flushPending(true)
 		p.mu.Lock()
 		left := p.am.SyncPending()
 		p.mu.Unlock()
-		if failed != nil || left == 0 || p.lnk.Load() != l {
+		cmu.Lock()
+		stop := failed != nil
+		cmu.Unlock()
+		if stop || left == 0 || p.lnk.Load() != l {
 			break
 		}
 		// Extents re-marked while we ran (a failed remote leg): go round again.
@@ -223,14 +297,6 @@ func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start t
 			if ahead > 0 && !p.sleep(ahead) {
 				return ErrNotPrimary
 			}
-		}
-	}
-	if src != SyncSrcSecondary {
-		// The peer acknowledged the copy into its cache only. Once the extent is cleared here
-		// nothing remembers it, so it must be durable there first: a crash of the peer after
-		// an interrupted sync would otherwise lose it for good.
-		if err := l.do(&rreq{cmd: proto.CmdFlush}); err != nil {
-			return fmt.Errorf("sync extent %d: flush on the peer: %w", e, err)
 		}
 	}
 	return nil
