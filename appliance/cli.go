@@ -176,6 +176,7 @@ func (c *CLI) daemon(args []string) error {
 	cm.fs.Bool("F", true, "run in the foreground (always; accepted for compatibility)")
 	cm.fs.Var(&nbdAddrs, "nbd", "export primary volumes over NBD on this address (unix:///path or tcp://127.0.0.1:10809); repeatable")
 	cm.fs.StringVar(&opt.FUSE, "fuse", "", "mount the FUSE file view of primary volumes on this directory")
+	cm.fs.StringVar(&opt.LocalIO, "local-io", "pwrite", "drive local components with pwrite (page cache) or uring (io_uring, O_DIRECT where aligned)")
 	cm.fs.StringVar(&opt.Metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9457)")
 	cm.fs.StringVar(&opt.StateDir, "state-dir", "/var/lib/hast", "where split-brain reports and discarded data are kept")
 	cm.fs.DurationVar(&opt.Reconnect, "reconnect-interval", 0, "how often a primary retries its peer (HAST: 10s)")

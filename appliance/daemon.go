@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hast/appliance/config"
+	"hast/blockdev"
 	"hast/fuse"
 	"hast/internal/linksec"
 	"hast/nbd"
@@ -40,6 +41,7 @@ type Options struct {
 	FUSE       string // mount directory for the FUSE file view, "" = off
 	StateDir   string // split-brain reports and saved data (default /var/lib/hast)
 	Metrics    string // listen address of the Prometheus endpoint, "" = off
+	LocalIO    string // "pwrite" (default) or "uring": how the local component is driven
 	Keepalive  time.Duration
 	Reconnect  time.Duration
 	SyncRate   int64
@@ -80,6 +82,11 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 			return nil, exitErr(exOSFile, err)
 		}
 		return nil, exitErr(exConfig, err)
+	}
+	switch opt.LocalIO {
+	case "", "pwrite", "uring":
+	default:
+		return nil, exitErr(exUsage, fmt.Errorf("--local-io %q: expected pwrite or uring", opt.LocalIO))
 	}
 	if opt.StateDir == "" {
 		opt.StateDir = "/var/lib/hast"
@@ -160,6 +167,14 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 		d.fuseFS = fs
 	}
 	return d, nil
+}
+
+// openLocal opens a local component the way --local-io says.
+func (d *Daemon) openLocal(path string) (blockdev.Device, error) {
+	if d.opt.LocalIO == "uring" {
+		return blockdev.OpenURing(path)
+	}
+	return blockdev.Open(path)
 }
 
 func listenAddr(s string) (net.Listener, error) {

@@ -475,3 +475,19 @@ func TestPromotingInconsistentCopyRefused(t *testing.T) {
 		t.Fatalf("--force promotion: exit %d\n%s", code, out)
 	}
 }
+
+// TestLocalIOURing runs the replication path with local components driven by io_uring.
+func TestLocalIOURing(t *testing.T) {
+	c, _ := newTestCluster(t, ClusterOptions{Replication: "fullsync", DaemonArgs: []string{"--local-io", "uring"}})
+	pair(t, c)
+	h1, h2 := c.Nodes[0], c.Nodes[1]
+	model := readVolume(t, c, h1, "disk1")
+	writeRandom(t, c, h1, "disk1", model, 100, 41)
+	must(t, c.WaitComplete(h1, time.Minute))
+	compareNodes(t, c, "disk1", model)
+	c.Kill(h1, syscall.SIGKILL)
+	must(t, c.Role(h2, "primary", "all"))
+	if got := readVolume(t, c, h2, "disk1"); !bytes.Equal(got, model) {
+		t.Fatalf("after failover hast2 differs at byte %d", firstDiff(got, model))
+	}
+}

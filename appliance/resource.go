@@ -282,7 +282,7 @@ func (r *resource) setRole(to Role, force bool) (Role, error) {
 	r.role = RoleInit
 	switch to {
 	case RolePrimary:
-		dev, err := blockdev.Open(r.cfg.Local)
+		dev, err := r.d.openLocal(r.cfg.Local)
 		if err != nil {
 			return from, fmt.Errorf("open local component: %w", err)
 		}
@@ -294,7 +294,7 @@ func (r *resource) setRole(to Role, force bool) (Role, error) {
 		r.dev, r.primary = dev, p
 		r.d.export(r.cfg.Name, p)
 	case RoleSecondary:
-		dev, err := blockdev.Open(r.cfg.Local)
+		dev, err := r.d.openLocal(r.cfg.Local)
 		if err != nil {
 			return from, fmt.Errorf("open local component: %w", err)
 		}

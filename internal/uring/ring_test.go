@@ -1,0 +1,547 @@
+package uring
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"hast/internal/uring/uringtest"
+)
+
+func newRing(t testing.TB, entries uint32) *Ring {
+	t.Helper()
+	r, err := New(entries)
+	if err != nil {
+		t.Fatalf("New(%d): %v", entries, err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// tempFD creates a file of size bytes (preallocated) and opens it with extra flags.
+func tempFD(t testing.TB, size int64, flags int) int {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|flags, 0)
+	if err != nil {
+		t.Fatalf("open %s: %v", p, err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if size > 0 {
+		if err := unix.Fallocate(fd, 0, 0, size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fd
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*13) ^ seed
+	}
+	return b
+}
+
+// aligned returns n bytes starting on a 4096-byte boundary, as O_DIRECT wants.
+func aligned(n int) []byte {
+	b := make([]byte, n+4096)
+	off := (4096 - int(uintptr(unsafe.Pointer(&b[0]))&4095)) & 4095
+	return b[off : off+n : off+n]
+}
+
+func TestSetupRawMapsRings(t *testing.T) {
+	r, err := SetupRaw(8, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p := r.Params()
+	if p.Features&FeatSingleMmap == 0 || r.SQEntries() != 8 || r.CQEntries() != 16 {
+		t.Fatalf("features %#x, SQ %d, CQ %d", p.Features, r.SQEntries(), r.CQEntries())
+	}
+	if r.NextSQE128() != nil || r.PeekCQE32() != nil {
+		t.Fatalf("128-byte accessors work on a 64-byte ring")
+	}
+	// Fill the SQ: the ninth slot does not exist until the kernel consumes some.
+	for i := range 8 {
+		sqe := r.NextSQE()
+		if sqe == nil {
+			t.Fatalf("SQE %d: SQ full early", i)
+		}
+		sqe.PrepNop(uint64(100 + i))
+	}
+	if r.NextSQE() != nil || r.SQSpace() != 0 {
+		t.Fatalf("SQ not full after 8 SQEs")
+	}
+	n, err := r.SubmitAndWait(8)
+	if err != nil || n != 8 {
+		t.Fatalf("SubmitAndWait = %d, %v", n, err)
+	}
+	if r.SQSpace() != 8 || r.CQReady() != 8 {
+		t.Fatalf("after submit: SQ space %d, CQ ready %d", r.SQSpace(), r.CQReady())
+	}
+	for i := range 8 {
+		cqe := r.PeekCQE()
+		if cqe == nil || cqe.UserData != uint64(100+i) || cqe.Res != 0 {
+			t.Fatalf("CQE %d = %+v", i, cqe)
+		}
+		r.AdvanceCQ(1)
+	}
+	if r.PeekCQE() != nil {
+		t.Fatalf("CQ not empty")
+	}
+	ok, err := r.Supported(OpRead, OpWrite, OpFsync, OpFallocate, OpURingCmd)
+	if err != nil || !ok {
+		t.Fatalf("probe = %v, %v", ok, err)
+	}
+	if ok, err := r.Supported(probeOps - 1); err != nil || ok {
+		t.Fatalf("probe of an opcode that does not exist = %v, %v", ok, err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSQE128URingCmd submits IORING_OP_URING_CMD in a 128-byte SQE to a device without
+// a uring_cmd handler (/dev/zero; /dev/null has a no-op one on recent kernels): the
+// kernel must recognise the opcode and layout, and refuse the command itself with
+// EOPNOTSUPP (not EINVAL, which a mangled SQE would produce).
+func TestSQE128URingCmd(t *testing.T) {
+	r, err := SetupRaw(4, SetupSQE128|SetupCQE32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Params().Flags&(SetupSQE128|SetupCQE32) != SetupSQE128|SetupCQE32 {
+		t.Fatalf("flags %#x", r.Params().Flags)
+	}
+	f, err := os.Open("/dev/zero")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range 2 { // twice, so the second entry exercises the 128-byte stride
+		sqe := r.NextSQE128()
+		sqe.PrepURingCmd(int(f.Fd()), 0x1234, uint64(7+i))
+		copy(sqe.Cmd(), bytes.Repeat([]byte{0xab}, 80))
+		if sqe.CmdOp() != 0x1234 || sqe.Opcode != OpURingCmd {
+			t.Fatalf("prep: %+v", sqe.SQE)
+		}
+		if _, err := r.SubmitAndWait(1); err != nil {
+			t.Fatal(err)
+		}
+		cqe := r.PeekCQE32()
+		if cqe == nil || cqe.UserData != uint64(7+i) || syscall.Errno(-cqe.Res) != unix.EOPNOTSUPP {
+			t.Fatalf("URING_CMD on /dev/zero: %+v, want EOPNOTSUPP", cqe)
+		}
+		r.AdvanceCQ(1)
+	}
+}
+
+// TestSingleIssuerSetup checks that the loop's ring got the flags it asks for on this
+// kernel (6.1+ has them all), that they are enforced, and that the loop still works.
+func TestSingleIssuerSetup(t *testing.T) {
+	r := newRing(t, 8)
+	if want := uint32(SetupSingleIssuer | SetupDeferTaskrun); r.Flags()&want != want {
+		t.Fatalf("loop ring flags %#x, want SINGLE_ISSUER|DEFER_TASKRUN", r.Flags())
+	}
+	// Keep the creating thread to this goroutine so the other goroutine below
+	// cannot run on it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	raw, err := SetupRaw(4, SetupSingleIssuer|SetupDeferTaskrun)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread() // a thread other than the creator's
+		defer runtime.UnlockOSThread()
+		raw.NextSQE().PrepNop(1)
+		_, err := raw.Enter(1, 0)
+		errc <- err
+	}()
+	if err := <-errc; !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("submission from another thread = %v, want EEXIST", err)
+	}
+}
+
+func TestSetupErrorsMapToUnsupported(t *testing.T) {
+	for _, errno := range []syscall.Errno{unix.ENOSYS, unix.EPERM, unix.EACCES} {
+		if err := setupError(errno, 0); !errors.Is(err, ErrUnsupported) || !errors.Is(err, errno) {
+			t.Errorf("setupError(%v) = %v, want ErrUnsupported wrapping the errno", errno, err)
+		}
+	}
+	if err := setupError(unix.EINVAL, SetupDeferTaskrun); errors.Is(err, ErrUnsupported) || !errors.Is(err, unix.EINVAL) {
+		t.Errorf("setupError(EINVAL) = %v, want a plain EINVAL for the flag fallback", err)
+	}
+	if _, err := New(1); err == nil {
+		t.Errorf("New(1) succeeded")
+	}
+}
+
+// TestUnsupportedUnderSeccomp runs New in a child process whose seccomp filter makes
+// io_uring_setup fail as a kernel without io_uring (ENOSYS) or with it disabled (EPERM)
+// would, and expects ErrUnsupported.
+func TestUnsupportedUnderSeccomp(t *testing.T) {
+	if errno := os.Getenv("URING_TEST_SECCOMP"); errno != "" {
+		var e syscall.Errno = unix.ENOSYS
+		if errno == "EPERM" {
+			e = unix.EPERM
+		}
+		if err := uringtest.DenySetup(e); err != nil {
+			fmt.Println("seccomp:", err)
+			os.Exit(2)
+		}
+		_, err := New(8)
+		fmt.Println("New:", err)
+		if !errors.Is(err, ErrUnsupported) || !errors.Is(err, e) {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	for _, errno := range []string{"ENOSYS", "EPERM"} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestUnsupportedUnderSeccomp$")
+		// The race runtime sleeps a second at exit unless told otherwise.
+		cmd.Env = append(os.Environ(), "URING_TEST_SECCOMP="+errno, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: child failed: %v\n%s", errno, err, out)
+		}
+	}
+}
+
+func TestRingReadWriteConcurrent(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
+			flags := 0
+			if direct {
+				flags = unix.O_DIRECT
+			}
+			const workers, rounds = 24, 40
+			const size = workers * rounds * 8192 // no wrap-around: each block has one writer
+			fd := tempFD(t, size, flags)
+			r := newRing(t, 16) // fewer slots than goroutines: callers also queue for slots
+			var wg sync.WaitGroup
+			errs := make(chan error, workers)
+			for g := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					buf, got := aligned(8192), aligned(8192)
+					for i := range rounds {
+						// Each worker owns the 8 KiB blocks ≡ g (mod workers).
+						off := int64(i*workers+g) * 8192
+						copy(buf, pattern(len(buf), byte(g*rounds+i)))
+						if n, err := r.Write(fd, buf, off); err != nil || n != len(buf) {
+							errs <- fmt.Errorf("write at %d = %d, %v", off, n, err)
+							return
+						}
+						if n, err := r.Read(fd, got, off); err != nil || n != len(got) {
+							errs <- fmt.Errorf("read at %d = %d, %v", off, n, err)
+							return
+						}
+						if !bytes.Equal(got, buf) {
+							errs <- fmt.Errorf("worker %d read back other data at %d", g, off)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if err := r.Fsync(fd, FsyncDatasync); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Fsync(fd, 0); err != nil {
+				t.Fatal(err)
+			}
+			// Cross-check with plain pread that the data is really in the file.
+			want := pattern(8192, byte(5*rounds+rounds-1))
+			got := aligned(8192)
+			off := int64((rounds-1)*workers+5) * 8192
+			if _, err := unix.Pread(fd, got, off); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("pread after the ring's writes: %v, equal %v", err, bytes.Equal(got, want))
+			}
+		})
+	}
+}
+
+func TestRingShortReadAtEOF(t *testing.T) {
+	fd := tempFD(t, 0, 0)
+	r := newRing(t, 4)
+	if n, err := r.Write(fd, []byte("0123456789"), 90); err != nil || n != 10 {
+		t.Fatalf("write = %d, %v", n, err)
+	}
+	buf := make([]byte, 64)
+	if n, err := r.Read(fd, buf, 80); err != nil || n != 20 || string(buf[10:20]) != "0123456789" {
+		t.Fatalf("read across EOF = %d, %v, %q", n, err, buf[:n])
+	}
+	if n, err := r.Read(fd, buf, 100); err != nil || n != 0 {
+		t.Fatalf("read at EOF = %d, %v", n, err)
+	}
+	if n, err := r.Read(fd, nil, 0); err != nil || n != 0 {
+		t.Fatalf("empty read = %d, %v", n, err)
+	}
+}
+
+func TestRingErrorsPropagate(t *testing.T) {
+	r := newRing(t, 4)
+	buf := aligned(4096)
+	if _, err := r.Read(-1, buf, 0); !errors.Is(err, unix.EBADF) {
+		t.Errorf("read from fd -1 = %v, want EBADF", err)
+	}
+	// Memory alignment is not tested: 6.18 accepts misaligned buffers for O_DIRECT on
+	// ext4 although statx reports dio_mem_align 512. Offsets and lengths are enforced.
+	fd := tempFD(t, 1<<20, unix.O_DIRECT)
+	if _, err := r.Write(fd, buf, 100); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("O_DIRECT write at a misaligned offset = %v, want EINVAL", err)
+	}
+	if _, err := r.Write(fd, buf[:100], 0); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("O_DIRECT write of a misaligned length = %v, want EINVAL", err)
+	}
+	ro, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ro)
+	if _, err := r.Write(ro, buf, 0); !errors.Is(err, unix.EBADF) {
+		t.Errorf("write to a read-only fd = %v, want EBADF", err)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	if err := r.Fsync(p[1], FsyncDatasync); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("fdatasync of a pipe = %v, want EINVAL", err)
+	}
+	// The ring is still healthy after failed operations.
+	if n, err := r.Write(fd, buf, 4096); err != nil || n != 4096 {
+		t.Fatalf("write after errors = %d, %v", n, err)
+	}
+}
+
+func TestRingFallocate(t *testing.T) {
+	fd := tempFD(t, 0, 0)
+	r := newRing(t, 4)
+	const size = 1 << 20
+	if err := r.Fallocate(fd, 0, 0, size); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Size != size || st.Blocks*512 < size {
+		t.Fatalf("after fallocate: %v, size %d, blocks %d", err, st.Size, st.Blocks)
+	}
+	if err := r.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, size/2); err != nil {
+		t.Fatal(err)
+	}
+	before := st.Blocks
+	if err := unix.Fstat(fd, &st); err != nil || st.Size != size || before-st.Blocks != size/2/512 {
+		t.Fatalf("after punching half: %v, size %d, blocks %d → %d", err, st.Size, before, st.Blocks)
+	}
+	if err := r.Fallocate(fd, 0, -1, 10); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("fallocate at -1 = %v, want EINVAL", err)
+	}
+}
+
+// waitFor polls cond; it synchronises with goroutines parking inside the ring and
+// fails the test rather than hang if they never get there.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for start := time.Now(); !cond(); time.Sleep(time.Millisecond) {
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestCloseWithOperationsInFlight blocks reads on an empty pipe on the lane, in every
+// loop slot and in the queue for slots, then closes the ring: the reads in the kernel
+// are cancelled, the queued ones get ErrClosed, and nothing hangs or leaks.
+func TestCloseWithOperationsInFlight(t *testing.T) {
+	r, err := New(4) // 3 loop slots (one SQ entry is the wake read) + the lane
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+
+	const readers = 6 // lane + 3 slots + 2 waiting for a slot
+	errs := make(chan error, readers)
+	for range readers {
+		go func() {
+			buf := make([]byte, 16)
+			n, err := r.Read(p[0], buf, 0)
+			if err == nil {
+				err = fmt.Errorf("read returned %d bytes", n)
+			}
+			errs <- err
+		}()
+	}
+	waitFor(t, "readers to block", func() bool {
+		r.lane.mu.Lock()
+		laneBusy := r.lane.inflight
+		r.lane.mu.Unlock()
+		return laneBusy && r.busy.Load() == readers-1 && r.kernelOps.Load() == 3
+	})
+	if err := r.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	var cancelled, closed int
+	for range readers {
+		err := <-errs
+		switch {
+		case errors.Is(err, unix.ECANCELED) || errors.Is(err, unix.EINTR):
+			cancelled++
+		case errors.Is(err, ErrClosed):
+			closed++
+		default:
+			t.Errorf("reader: %v", err)
+		}
+	}
+	if cancelled != 4 || closed != 2 {
+		t.Errorf("%d cancelled, %d refused; want 4 and 2", cancelled, closed)
+	}
+	if _, err := r.Write(p[1], []byte("x"), 0); !errors.Is(err, ErrClosed) {
+		t.Errorf("write after Close = %v", err)
+	}
+	if err := r.Nop(); !errors.Is(err, ErrClosed) {
+		t.Errorf("nop after Close = %v", err)
+	}
+	if err := r.Close(); !errors.Is(err, ErrClosed) {
+		t.Errorf("second Close = %v", err)
+	}
+}
+
+// TestCloseDrainsDiskIO closes the ring while writers hammer it: every write either
+// completed fully, was cancelled while queued in the kernel's workers (ECANCELED), or
+// was refused with ErrClosed; and Close returns.
+func TestCloseDrainsDiskIO(t *testing.T) {
+	fd := tempFD(t, 1<<20, 0)
+	r, err := New(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	done := 0
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := pattern(4096, byte(g))
+			for {
+				n, err := r.Write(fd, buf, int64(g)*4096)
+				if errors.Is(err, ErrClosed) || errors.Is(err, unix.ECANCELED) {
+					return
+				}
+				if err != nil || n != len(buf) {
+					t.Errorf("write = %d, %v", n, err)
+					return
+				}
+				mu.Lock()
+				done++
+				mu.Unlock()
+			}
+		}()
+	}
+	waitFor(t, "writes to run", func() bool { mu.Lock(); defer mu.Unlock(); return done > 100 })
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+}
+
+// TestNoAllocations checks both paths: the lane (an idle ring) and the loop (the lane
+// held by a blocked read).
+func TestNoAllocations(t *testing.T) {
+	fd := tempFD(t, 1<<20, 0)
+	r := newRing(t, 8)
+	buf := make([]byte, 4096)
+	write := func() {
+		if _, err := r.Write(fd, buf, 8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write() // warm up
+	if a := testing.AllocsPerRun(200, write); a != 0 {
+		t.Errorf("lane: %.1f allocations per write", a)
+	}
+
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	blocked := make(chan error)
+	go func() {
+		_, err := r.Read(p[0], make([]byte, 1), 0)
+		blocked <- err
+	}()
+	waitFor(t, "the lane to be taken", r.lane.taken.Load)
+	write()
+	if a := testing.AllocsPerRun(200, write); a != 0 {
+		t.Errorf("loop: %.1f allocations per write", a)
+	}
+	unix.Write(p[1], []byte{1})
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLaneEnterFailure makes the lane's io_uring_enter fail for good (its descriptor
+// number now names /dev/null, so the kernel answers EOPNOTSUPP): the operation that
+// was never submitted fails with that error, and later operations take the loop.
+func TestLaneEnterFailure(t *testing.T) {
+	r, err := New(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	null, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(null)
+	// The rings stay mapped, so the kernel object lives on without its descriptor.
+	if err := unix.Dup3(null, r.lane.raw.fd, unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Nop(); !errors.Is(err, unix.EOPNOTSUPP) {
+		t.Fatalf("operation on the broken lane = %v, want EOPNOTSUPP", err)
+	}
+	fd := tempFD(t, 1<<20, 0)
+	for i := range 3 {
+		if n, err := r.Write(fd, []byte("after"), int64(i)); err != nil || n != 5 {
+			t.Fatalf("write %d after the lane broke = %d, %v", i, n, err)
+		}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
