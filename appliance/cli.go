@@ -31,7 +31,7 @@ type CLI struct {
 
 const usage = `usage: hast <verb> [options] ...
   hast daemon  [-c config] [-P pidfile] [--node NAME] [--nbd ADDR]... [--fuse DIR]   (alias: hastd)
-  hast create  [-d] [-c config] [--node NAME] [-e extentsize] [-k keepdirty] [-m mediasize] name ...
+  hast create  [-d] [-c config] [--node NAME] [-e extentsize] [-k keepdirty] [-m mediasize] [--hast-layout] name ...
   hast role    [-d] [-c config] [--node NAME] [--force] <init | primary | secondary> all | name ...
   hast list    [-d] [-c config] [--node NAME] [-o json] [all | name ...]
   hast status  [-d] [-c config] [--node NAME] [-o json] [all | name ...]
@@ -224,6 +224,7 @@ func (c *CLI) create(args []string) error {
 	cm.fs.StringVar(&es, "e", "", "extent size (default 2M)")
 	cm.fs.StringVar(&ks, "k", "", "keepdirty (default 64)")
 	cm.fs.StringVar(&ms, "m", "", "media size (default: the device's)")
+	hastLayout := cm.fs.Bool("hast-layout", false, "round the bitmap to the sector size exactly as FreeBSD's hastctl (user data then may not be page aligned); needed to pair with a FreeBSD node")
 	if err := cm.parse(args); err != nil {
 		return err
 	}
@@ -248,6 +249,9 @@ func (c *CLI) create(args []string) error {
 		return exitErr(exUsage, errors.New("Invalid extentsize or keepdirty: too large"))
 	}
 	opt.ExtentSize, opt.KeepDirty, opt.MediaSize = uint32(e), uint32(k), m
+	if !*hastLayout {
+		opt.Align = blockdev.PageAlign
+	}
 	cfg, err := cm.load()
 	if err != nil {
 		return err

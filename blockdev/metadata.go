@@ -127,7 +127,16 @@ type CreateOptions struct {
 	ExtentSize uint32
 	KeepDirty  uint32
 	MediaSize  int64
+	// Align rounds the bitmap area up to this many bytes instead of the sector size, so user
+	// data starts on that boundary. 0 is HAST's exact layout. With 512-byte sectors (regular
+	// files) HAST's layout starts user data at e.g. 4608, and every 4 KiB write then straddles
+	// two pages: a read-modify-write in the page cache, 30x slower here (docs/BENCHMARKS.md §2).
+	// `hast create` uses PageAlign unless asked for HAST's layout.
+	Align int
 }
+
+// PageAlign is the alignment `hast create` gives user data by default.
+const PageAlign = 4096
 
 // Create writes a fresh metadata block (prevrole "init", resuid 0, counters 0) and
 // mapsize zero bytes at offset 4096 (§4.2), in HAST's order, then flushes the device.
@@ -152,7 +161,11 @@ func Create(d Device, resource string, opt CreateOptions) (*Metadata, error) {
 	if keep == 0 {
 		keep = DefaultKeepDirty
 	}
-	g, err := ComputeGeometry(media, d.SectorSize(), ext)
+	unit := d.SectorSize()
+	if opt.Align > unit {
+		unit = opt.Align
+	}
+	g, err := ComputeGeometry(media, unit, ext)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", resource, err)
 	}
@@ -325,6 +338,12 @@ func ReadMetadata(d Device, resource string) (*Metadata, error) {
 	g, err := ComputeGeometry(media, d.SectorSize(), md.ExtentSize)
 	if err != nil {
 		return nil, badMetadata("offset %d, datasize %d: %v", md.LocalOff, md.DataSize, err)
+	}
+	if g.LocalOff != int64(md.LocalOff) && d.SectorSize() < PageAlign {
+		// Our default layout rounds the bitmap to a page so user data is page aligned.
+		if ga, err := ComputeGeometry(media, PageAlign, md.ExtentSize); err == nil && ga.LocalOff == int64(md.LocalOff) {
+			g = ga
+		}
 	}
 	if g.LocalOff != int64(md.LocalOff) {
 		return nil, badMetadata("offset %d does not match datasize %d, extentsize %d and sector size %d (create would use %d)",

@@ -465,3 +465,34 @@ func TestBitmapReadWrite(t *testing.T) {
 		t.Fatalf("WriteBitmap accepted an area past the device end")
 	}
 }
+
+func TestCreatePageAligned(t *testing.T) {
+	const size = 1<<30 + 4096
+	d := NewMemDevice(size, 512)
+	hast, _ := ComputeGeometry(size, 512, DefaultExtentSize)
+	if hast.LocalOff%4096 == 0 {
+		t.Fatalf("test premise: HAST's layout should be unaligned here, localoff %d", hast.LocalOff)
+	}
+	md, err := Create(d, "r0", CreateOptions{Align: PageAlign})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md.LocalOff%4096 != 0 || md.LocalOff <= MetadataSize {
+		t.Fatalf("aligned create: localoff %d", md.LocalOff)
+	}
+	got, err := ReadMetadata(d, "r0")
+	if err != nil {
+		t.Fatalf("reading back an aligned create: %v", err)
+	}
+	if *got != *md {
+		t.Fatalf("ReadMetadata = %+v, want %+v", *got, *md)
+	}
+	// HAST's own layout still reads back too.
+	d2 := NewMemDevice(size, 512)
+	if _, err := Create(d2, "r0", CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if md2, err := ReadMetadata(d2, "r0"); err != nil || md2.LocalOff != uint64(hast.LocalOff) {
+		t.Fatalf("HAST layout: %+v, %v", md2, err)
+	}
+}

@@ -27,7 +27,7 @@ func benchPair(b *testing.B, mode Mode, size int64) *Primary {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := blockdev.Create(d, "r0", blockdev.CreateOptions{KeepDirty: benchKeepDirty}); err != nil {
+		if _, err := blockdev.Create(d, "r0", blockdev.CreateOptions{KeepDirty: benchKeepDirty, Align: blockdev.PageAlign}); err != nil {
 			b.Fatal(err)
 		}
 		return d
