@@ -259,6 +259,10 @@ func (p *Primary) connect() (err error) {
 	}
 	l := newLink(c1, c2, version, cfg, p.log, p.linkDown)
 	l.features = features
+	l.maxIO = MaxIO
+	if features&FeatLargeIO != 0 {
+		l.maxIO = MaxRecvIO
+	}
 	p.mu.Lock()
 	p.splitBrain = false
 	p.sbReport = nil

@@ -43,6 +43,7 @@ type link struct {
 	out, in  net.Conn
 	version  uint8
 	features uint32 // extensions the peer advertised
+	maxIO    int64  // largest request the peer accepts
 	cfg      *Config
 	log      zerolog.Logger
 
@@ -68,7 +69,7 @@ type link struct {
 
 func newLink(out, in net.Conn, version uint8, cfg *Config, log zerolog.Logger, onDown func(*link, error)) *link {
 	l := &link{
-		out: out, in: in, version: version, cfg: cfg, log: log,
+		out: out, in: in, version: version, cfg: cfg, log: log, maxIO: MaxIO,
 		kick:    make(chan struct{}, 1),
 		pending: make(map[uint64]*rreq),
 		done:    make(chan struct{}),

@@ -422,7 +422,7 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 
 func (p *Primary) splitRequests(cmd uint8, data []byte, off, n int64, mode Mode, w *wop) []*rreq {
 	memsync := mode == ModeMemsync && cmd == proto.CmdWrite
-	step := int64(MaxIO)
+	step := w.lnk.maxIO
 	if cmd == proto.CmdDelete {
 		step = n
 	}
@@ -590,8 +590,8 @@ func (p *Primary) remoteRead(l *link, b []byte, off int64) error {
 	n := int64(len(b))
 	var wg sync.WaitGroup
 	var firstErr atomic.Pointer[error]
-	for o := int64(0); o < n; o += MaxIO {
-		ln := min(int64(MaxIO), n-o)
+	for o := int64(0); o < n; o += l.maxIO {
+		ln := min(l.maxIO, n-o)
 		r := &rreq{cmd: proto.CmdRead, off: off + o, length: ln, data: b[o : o+ln]}
 		wg.Add(1)
 		r.onDone = func(r *rreq, err error) {

@@ -163,7 +163,7 @@ func (p *Primary) syncLoop(l *link) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				buf := make([]byte, MaxIO)
+				buf := make([]byte, l.maxIO)
 				for {
 					e, epoch, ok := claim()
 					if !ok {
@@ -256,11 +256,11 @@ func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start t
 		// handshake decided for the device as a whole.
 		src = SyncSrcSecondary
 	}
-	for o := int64(0); o < n; o += MaxIO {
+	for o := int64(0); o < n; o += l.maxIO {
 		if p.lnk.Load() != l {
 			return ErrDisconnected
 		}
-		ln := min(int64(MaxIO), n-o)
+		ln := min(l.maxIO, n-o)
 		b := buf[:ln]
 		p.rl.lockSync(e)
 		var err error

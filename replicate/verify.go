@@ -20,8 +20,10 @@ const (
 	// FeatSyncDone: the peer understands CmdSyncDone and keeps an "inconsistent" mark while it
 	// is the target of an unfinished synchronisation.
 	FeatSyncDone
+	// FeatLargeIO: the peer accepts requests up to MaxRecvIO (1 MiB), not only HAST's 128 KiB.
+	FeatLargeIO
 
-	ourFeatures = FeatDigest | FeatSplitBrainMaps | FeatSyncDone
+	ourFeatures = FeatDigest | FeatSplitBrainMaps | FeatSyncDone | FeatLargeIO
 )
 
 // CmdDigest asks the secondary for the SHA-256 of a range of its data (our extension; outside
