@@ -10,8 +10,12 @@ demo:
 test:
     bash scripts/test.sh
 
-# Micro-benchmarks of the hot paths.
+# Benchmarks with same-run baselines (raw files, ideal pipeline, nbdkit); ratios and red flags.
 bench:
+    go run . bench --quick
+
+# Micro-benchmarks of the hot paths.
+microbench:
     go test -run '^$' -bench . -benchmem ./internal/... ./replicate/... ./blockdev/...
 
 lint:

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"hast/appliance/config"
+	"hast/bench"
 	"hast/blockdev"
 )
 
@@ -40,6 +41,7 @@ const usage = `usage: hast <verb> [options] ...
   hast verify  [-c config] [--node NAME] [--rate SIZE] [--no-wait] name   (online verify, repairs from the primary)
   hast split-brain [-c config] [--node NAME] [-o json] name   (what diverged when both nodes were primary)
   hast resolve [-c config] [--node NAME] --keep local|remote name   (saves the losing side, resyncs only what diverged)
+  hast bench   [--quick] [-o json] [--png FILE] [--fio] ...   (benchmarks with same-run baselines; hast bench -h)
   hast demo    [--keep] [--size BYTES]
 Invoked as hastctl, the verb is the first argument; invoked as hastd, it runs the daemon.
 `
@@ -71,6 +73,8 @@ func (c *CLI) Main(args []string) int {
 		err = c.attach(rest)
 	case "verify":
 		err = c.verify(rest)
+	case "bench":
+		return bench.Main(rest, c.Stdout, c.Stderr)
 	case "split-brain":
 		err = c.splitBrain(rest)
 	case "resolve":
