@@ -26,7 +26,7 @@ func TestQuickMatrixSmoke(t *testing.T) {
 	// The warm-up absorbs the slow first writes of each run (fresh extents marked in the
 	// activemap, pages read into the cache) so that even a loaded machine completes operations
 	// inside the short measured phase.
-	args := []string{"--quick", "--size", "24M", "--runtime", "300ms", "--warmup", "250ms", "--dir", dir,
+	args := []string{"--quick", "--size", "24M", "--runtime", "250ms", "--warmup", "200ms", "--dir", dir,
 		"--resync", "--sync-rate", "32M", "-o", "json", "--png", pngPath}
 	if rc := Main(args, &stdout, &stderr); rc != 0 {
 		t.Fatalf("exit status %d\nstderr:\n%s", rc, stderr.String())

@@ -229,11 +229,15 @@ func (l *link) sendLoop() {
 			}
 		}
 		l.frames.Add(uint64(len(batch)))
-		l.batches.Add(1)
 		if err := l.write(bufs); err != nil {
 			l.fail(fmt.Errorf("send: %w", err))
 			return
 		}
+		// The kernel orders this batch's reads of the payloads before the peer's replies, but
+		// the Go memory model sees no edge through a socket: this store and the load in
+		// recvLoop give one, so an owner reusing a buffer after its reply is ordered after the
+		// encoding (and the race detector agrees).
+		l.batches.Add(1)
 		l.mu.Lock()
 		l.spare = batch[:0]
 		l.mu.Unlock()
@@ -258,6 +262,7 @@ func (l *link) recvLoop() {
 			return
 		}
 		l.lastRecv.Store(time.Now().UnixNano())
+		l.batches.Load() // pairs with the store after each send (see sendLoop)
 		seq, ok := msg.Uint64("seq")
 		if !ok {
 			l.fail(errors.New("reply without seq"))
