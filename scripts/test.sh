@@ -14,7 +14,18 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 go vet ./...
-go test -race -timeout 20m ./...
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+go test -race -timeout 20m ./... 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -c '^ok ' "$log" || true)
+failed=$(grep -cE '^(FAIL|---.FAIL)' "$log" || true)
+if [ "$status" -ne 0 ]; then
+	echo "packages: $passed passed, $failed failed"
+	exit "$status"
+fi
 # Every fuzz target runs a bounded number of inputs on top of its seed corpus (which `go test` already
 # ran). A count, not a duration: a time limit races the fuzzing engine on a loaded 2-core machine.
 fuzztime=${HAST_FUZZTIME:-100000x}
@@ -28,3 +39,4 @@ grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u | wh
 	done
 done
 echo "fuzzing: no failures"
+echo "packages: $passed passed, 0 failed"
