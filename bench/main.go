@@ -64,6 +64,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		checksum   = fs.String("checksum", "none", "replication checksum: none, crc32 or sha256")
 		compress   = fs.String("compression", "hole", "replication compression: none, hole or lzf")
 		metaflush  = fs.Bool("metaflush", true, "flush the activemap after every update (HAST's default)")
+		localIO    = fs.String("local-io", "pwrite", "how the volume's local components are driven: pwrite (page cache, the daemon's default) or uring (io_uring, O_DIRECT), as hast daemon --local-io")
 		runFio     = fs.Bool("fio", false, "run the bundled fio job set instead of the matrix")
 		fioTarget  = fs.String("fio-target", "", "file or block device for --fio (its data is overwritten), or fuse[:MODE] for the FUSE file of a volume built in --dir")
 		fioLabel   = fs.String("fio-label", "target", "name of the --fio-target rows")
@@ -166,6 +167,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		opt.Pair = DefaultPairOptions()
 		opt.Pair.MetaFlush = *metaflush
+		switch *localIO {
+		case "pwrite", "uring":
+			opt.Pair.LocalIO = *localIO
+		default:
+			return bad("--local-io %q: expected pwrite or uring", *localIO)
+		}
 		if opt.Pair.Checksum, err = proto.ParseChecksum(*checksum); err != nil {
 			return bad("--checksum: %v", err)
 		}

@@ -35,6 +35,8 @@ type PairOptions struct {
 	MetaFlush  bool
 	ExtentSize uint32
 	KeepDirty  uint32
+	// LocalIO is "uring" to open the components with blockdev.OpenURing (O_DIRECT), else pwrite.
+	LocalIO string
 }
 
 // DefaultPairOptions are hast.conf's defaults: no checksum, hole compression, metaflush on.
@@ -78,7 +80,11 @@ func CreatePair(dir string, size int64, opts PairOptions, log zerolog.Logger) (*
 			pp.Close()
 			return nil, err
 		}
-		d, err := blockdev.Open(path)
+		open := blockdev.Open
+		if opts.LocalIO == "uring" {
+			open = blockdev.OpenURing
+		}
+		d, err := open(path)
 		if err != nil {
 			pp.Close()
 			return nil, err
