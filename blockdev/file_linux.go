@@ -27,6 +27,7 @@ type fileDevice struct {
 	size   int64
 	sector int
 	block  bool
+	reads  asyncReader
 }
 
 // Open opens path read-write, takes flock(LOCK_EX|LOCK_NB) (a second Open of the same
@@ -160,7 +161,9 @@ func (d *fileDevice) control(fn func(fd int) error) error {
 	}
 	var inner error
 	if err := rc.Control(func(fd uintptr) { inner = fn(int(fd)) }); err != nil {
-		return fmt.Errorf("%s: %w", d.path, err)
+		// Control fails only once the file is closing; say so the way os.File's own
+		// methods do.
+		return fmt.Errorf("%s: %w (%v)", d.path, os.ErrClosed, err)
 	}
 	return inner
 }
@@ -171,7 +174,12 @@ func (d *fileDevice) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%s: %w", d.path, err)
 	}
 	if n > 0 {
-		got, rerr := d.f.ReadAt(p[:n], off)
+		var got int
+		rerr := d.control(func(fd int) error {
+			var err error
+			got, err = d.reads.readFull(fd, p[:n], off)
+			return err
+		})
 		if rerr != nil {
 			return got, fmt.Errorf("read %s at %d: %w", d.path, off, rerr)
 		}
@@ -246,7 +254,13 @@ func (d *fileDevice) Size() int64     { return d.size }
 func (d *fileDevice) SectorSize() int { return d.sector }
 
 func (d *fileDevice) Close() error {
-	if err := d.f.Close(); err != nil {
+	err := d.f.Close()
+	// After the descriptor: a read still on the ring finishes, or falls back to pread
+	// on the descriptor it holds a reference to.
+	if rerr := d.reads.close(); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
 		return fmt.Errorf("close %s: %w", d.path, err)
 	}
 	return nil
