@@ -1,0 +1,325 @@
+package appliance
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hast/nbd"
+)
+
+// The daemon's memory under load: issue 4 asks for at most 128 MiB of resident memory with
+// three resources at queue depth 128. This cannot be measured inside `hast bench`'s single
+// process, so `hast bench --daemon-rss` runs the demo's two real daemons and samples their
+// /proc status while NBD clients drive every resource at once.
+
+// RSSTarget is the resident-memory budget of one daemon.
+const RSSTarget = 128 << 20
+
+// RSSOptions shape an RSS run.
+type RSSOptions struct {
+	Dir       string        // working directory (disks, logs); a temporary one when empty
+	Exe       string        // the hast binary; os.Executable() when empty
+	Resources int           // resources served at once (3)
+	DiskSize  int64         // size of each resource's disks
+	Depth     int           // requests in flight per resource
+	Runtime   time.Duration // length of each phase
+	Log       io.Writer     // progress lines; nil for none
+}
+
+// RSSPhase is one workload's result.
+type RSSPhase struct {
+	Name     string
+	Ops      int64
+	Bytes    int64
+	Elapsed  time.Duration
+	PeakRSS  [2]int64 // bytes, hast1 and hast2, sampled every 50 ms
+	Failures int64
+}
+
+// RSSReport is the outcome of an RSS run.
+type RSSReport struct {
+	Options RSSOptions
+	Phases  []RSSPhase
+	HWM     [2]int64 // VmHWM of each daemon at the end: the peak of the whole run
+	Idle    [2]int64 // VmRSS before the first phase
+}
+
+// rssPhases are the workloads: small random writes (most requests in flight), large
+// sequential writes (most bytes in flight) and small random reads.
+var rssPhases = []struct {
+	name  string
+	bs    int
+	write bool
+	seq   bool
+}{
+	{"randwrite-4k", 4 << 10, true, false},
+	{"seqwrite-1m", 1 << 20, true, true},
+	{"randread-4k", 4 << 10, false, false},
+}
+
+// RunRSS starts the two-node cluster with opt.Resources resources, drives each primary
+// volume through its NBD export at opt.Depth, and records the daemons' memory.
+func RunRSS(opt RSSOptions) (*RSSReport, error) {
+	if opt.Resources <= 0 {
+		opt.Resources = 3
+	}
+	if opt.Depth <= 0 {
+		opt.Depth = 128
+	}
+	if opt.DiskSize <= 0 {
+		opt.DiskSize = 256 << 20
+	}
+	if opt.Runtime <= 0 {
+		opt.Runtime = 5 * time.Second
+	}
+	logw := opt.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	dir := opt.Dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "hast-rss-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	var cliOut bytes.Buffer
+	cl, err := NewCluster(ClusterOptions{Dir: dir, Exe: opt.Exe, Resources: opt.Resources, DiskSize: opt.DiskSize}, &cliOut, logw)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w: %s", err, cliOut.String())
+	}
+	defer cl.Stop()
+	for _, n := range cl.Nodes {
+		if err := cl.Start(n); err != nil {
+			return nil, err
+		}
+	}
+	h1, h2 := cl.Nodes[0], cl.Nodes[1]
+	for _, step := range []struct {
+		n    *Node
+		role string
+	}{{h1, "init"}, {h2, "init"}, {h2, "secondary"}, {h1, "primary"}} {
+		if err := cl.Role(step.n, step.role, "all"); err != nil {
+			return nil, fmt.Errorf("%w: %s", err, cliOut.String())
+		}
+	}
+	fmt.Fprintf(logw, "rss: waiting for the initial synchronisation of %d × %d MiB\n", opt.Resources, opt.DiskSize>>20)
+	if err := cl.WaitComplete(h1, 10*time.Minute); err != nil {
+		return nil, err
+	}
+	pids := [2]int{h1.cmd.Process.Pid, h2.cmd.Process.Pid}
+	rep := &RSSReport{Options: opt}
+	for i, pid := range pids {
+		if rep.Idle[i], err = procStatusBytes(pid, "VmRSS"); err != nil {
+			return nil, err
+		}
+	}
+	vols := make([]*nbd.Client, len(cl.Resources))
+	for i, name := range cl.Resources {
+		if vols[i], err = cl.Volume(h1, name); err != nil {
+			return nil, fmt.Errorf("open %s on hast1: %w", name, err)
+		}
+		defer vols[i].Close()
+	}
+	for _, ph := range rssPhases {
+		fmt.Fprintf(logw, "rss: %s, %d resources × depth %d for %v\n", ph.name, len(vols), opt.Depth, opt.Runtime)
+		res, err := runRSSPhase(vols, pids, opt, ph.name, ph.bs, ph.write, ph.seq)
+		if err != nil {
+			return nil, err
+		}
+		rep.Phases = append(rep.Phases, res)
+	}
+	for i, pid := range pids {
+		if rep.HWM[i], err = procStatusBytes(pid, "VmHWM"); err != nil {
+			return nil, err
+		}
+	}
+	return rep, nil
+}
+
+// runRSSPhase drives every volume with opt.Depth workers for opt.Runtime while sampling the
+// daemons' resident memory.
+func runRSSPhase(vols []*nbd.Client, pids [2]int, opt RSSOptions, name string, bs int, write, seq bool) (RSSPhase, error) {
+	res := RSSPhase{Name: name}
+	var ops, failures atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	// Incompressible data, made once: the workers copy it, so that setting up hundreds of
+	// them takes no time from the measured phase.
+	random := make([]byte, bs)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	start := time.Now()
+	for vi, v := range vols {
+		blocks := v.Size() / int64(bs)
+		for w := range opt.Depth {
+			wg.Go(func() {
+				buf := make([]byte, bs)
+				copy(buf, random)
+				rng := rand.New(rand.NewPCG(uint64(vi), uint64(w)))
+				next := int64(w) * blocks / int64(opt.Depth)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					var blk int64
+					if seq {
+						blk, next = next%blocks, next+1
+					} else {
+						blk = rng.Int64N(blocks)
+					}
+					var err error
+					if write {
+						_, err = v.WriteAt(buf, blk*int64(bs))
+					} else {
+						_, err = v.ReadAt(buf, blk*int64(bs))
+					}
+					if err != nil {
+						failures.Add(1)
+						errOnce.Do(func() { firstErr = fmt.Errorf("%s on volume %d: %w", name, vi, err) })
+						return
+					}
+					ops.Add(1)
+				}
+			})
+		}
+	}
+	var sampleErr error
+	tick := time.NewTicker(50 * time.Millisecond)
+	deadline := time.After(opt.Runtime)
+sample:
+	for {
+		for i, pid := range pids {
+			rss, err := procStatusBytes(pid, "VmRSS")
+			if err != nil {
+				sampleErr = err
+				break sample
+			}
+			res.PeakRSS[i] = max(res.PeakRSS[i], rss)
+		}
+		select {
+		case <-deadline:
+			break sample
+		case <-tick.C:
+		}
+	}
+	tick.Stop()
+	close(stop)
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	res.Ops, res.Failures = ops.Load(), failures.Load()
+	res.Bytes = res.Ops * int64(bs)
+	return res, errors.Join(firstErr, sampleErr)
+}
+
+// procStatusBytes reads a "kB" field such as VmRSS from /proc/PID/status, in bytes.
+func procStatusBytes(pid int, field string) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read memory of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || k != field {
+			continue
+		}
+		num, unit, _ := strings.Cut(strings.TrimSpace(v), " ")
+		kb, err := strconv.ParseInt(num, 10, 64)
+		if err != nil || unit != "kB" {
+			return 0, fmt.Errorf("/proc/%d/status: unexpected %s line %q", pid, field, sc.Text())
+		}
+		return kb << 10, nil
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no %s line", pid, field)
+}
+
+// Peak is the largest resident size either daemon reached, and which one: the larger of
+// the samples and VmHWM, because the kernel updates the high-water mark lazily from
+// per-CPU counters and it can trail a sampled VmRSS.
+func (r *RSSReport) Peak() (bytes int64, node string) {
+	for i := range r.HWM {
+		b := r.HWM[i]
+		for _, p := range r.Phases {
+			b = max(b, p.PeakRSS[i])
+		}
+		if b > bytes {
+			bytes, node = b, fmt.Sprintf("hast%d", i+1)
+		}
+	}
+	return bytes, node
+}
+
+// Write prints the report as a table and the target line.
+func (r *RSSReport) Write(w io.Writer) {
+	mib := func(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
+	o := r.Options
+	fmt.Fprintf(w, "daemon memory: %d resources (fullsync, %d MiB each) served over NBD, %d requests in flight per resource\n",
+		o.Resources, o.DiskSize>>20, o.Depth)
+	fmt.Fprintf(w, "  %-14s %10s %10s %16s %16s\n", "phase", "IOPS", "MiB/s", "hast1 RSS MiB", "hast2 RSS MiB")
+	fmt.Fprintf(w, "  %-14s %10s %10s %16s %16s\n", "idle", "", "", mib(r.Idle[0]), mib(r.Idle[1]))
+	for _, p := range r.Phases {
+		sec := p.Elapsed.Seconds()
+		fmt.Fprintf(w, "  %-14s %10.0f %10.1f %16s %16s\n", p.Name, float64(p.Ops)/sec, float64(p.Bytes)/sec/(1<<20),
+			mib(p.PeakRSS[0]), mib(p.PeakRSS[1]))
+	}
+	fmt.Fprintf(w, "  %-14s %10s %10s %16s %16s\n", "VmHWM", "", "", mib(r.HWM[0]), mib(r.HWM[1]))
+	peak, node := r.Peak()
+	verdict := "ok  "
+	if peak > RSSTarget {
+		verdict = "MISS"
+	}
+	fmt.Fprintf(w, "%s daemon RSS with %d resources at depth %d (target <= %d MiB)  peak %s MiB (%s)\n",
+		verdict, o.Resources, o.Depth, RSSTarget>>20, mib(peak), node)
+}
+
+// benchRSS is `hast bench --daemon-rss`.
+func (c *CLI) benchRSS(args []string) error {
+	fs := flag.NewFlagSet("bench --daemon-rss", flag.ContinueOnError)
+	fs.SetOutput(c.Stderr)
+	fs.Bool("daemon-rss", true, "measure the daemons' resident memory under load")
+	resources := fs.Int("resources", 3, "resources served at once")
+	depth := fs.Int("depth", 128, "requests in flight per resource")
+	sizeStr := fs.String("size", "256M", "size of each resource's disks")
+	runtime := fs.Duration("runtime", 5*time.Second, "length of each phase")
+	dir := fs.String("dir", "", "working directory (default: a temporary one)")
+	if err := fs.Parse(args); err != nil {
+		return exitErr(exUsage, errQuiet)
+	}
+	if fs.NArg() > 0 {
+		return exitErr(exUsage, fmt.Errorf("bench --daemon-rss: unexpected argument %q", fs.Arg(0)))
+	}
+	size, err := parseSize(*sizeStr, "size")
+	if err != nil || size <= 0 {
+		return exitErr(exUsage, fmt.Errorf("bench --daemon-rss: invalid --size %q", *sizeStr))
+	}
+	rep, err := RunRSS(RSSOptions{Dir: *dir, Resources: *resources, DiskSize: size, Depth: *depth, Runtime: *runtime, Log: c.Stderr})
+	if err != nil {
+		return err
+	}
+	rep.Write(c.Stdout)
+	return nil
+}
