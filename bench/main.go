@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hast/blockdev"
 	"io"
 	"os"
 	"os/signal"
@@ -64,6 +65,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		checksum   = fs.String("checksum", "none", "replication checksum: none, crc32 or sha256")
 		compress   = fs.String("compression", "hole", "replication compression: none, hole or lzf")
 		metaflush  = fs.Bool("metaflush", true, "flush the activemap after every update (HAST's default)")
+		keepdirty  = fs.Uint("keepdirty", blockdev.DefaultKeepDirty, "extents the volume keeps marked dirty after their writes (hast create -k)")
 		localIO    = fs.String("local-io", "pwrite", "how the volume's local components are driven: pwrite (page cache, the daemon's default) or uring (io_uring, O_DIRECT), as hast daemon --local-io")
 		runFio     = fs.Bool("fio", false, "run the bundled fio job set instead of the matrix")
 		fioTarget  = fs.String("fio-target", "", "file or block device for --fio (its data is overwritten), or fuse[:MODE] for the FUSE file of a volume built in --dir")
@@ -167,6 +169,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		opt.Pair = DefaultPairOptions()
 		opt.Pair.MetaFlush = *metaflush
+		if *keepdirty == 0 || *keepdirty > 1<<20 {
+			return bad("--keepdirty %d: expected 1 to %d", *keepdirty, 1<<20)
+		}
+		opt.Pair.KeepDirty = uint32(*keepdirty)
 		switch *localIO {
 		case "pwrite", "uring":
 			opt.Pair.LocalIO = *localIO

@@ -152,7 +152,8 @@ func RunMatrix(ctx context.Context, opt Options) (*Report, error) {
 		baselineIO = "O_DIRECT"
 	}
 	r.rep = &Report{Machine: DescribeMachine(dir), Settings: Settings{Command: opt.Command, Size: opt.Size, Region: r.region,
-		RuntimeS: opt.Runtime.Seconds(), WarmupS: opt.Warmup.Seconds(), Repeat: opt.Repeat, BaselineIO: baselineIO, Dir: opt.Dir}}
+		RuntimeS: opt.Runtime.Seconds(), WarmupS: opt.Warmup.Seconds(), Repeat: opt.Repeat, BaselineIO: baselineIO, Dir: opt.Dir,
+		KeepDirty: opt.Pair.KeepDirty}}
 	r.total = r.count() * opt.Repeat
 
 	for _, p := range []string{r.a, r.b} {

@@ -52,6 +52,7 @@ type Settings struct {
 	Repeat     int     `json:"repeat"`
 	BaselineIO string  `json:"baseline_io"`
 	Dir        string  `json:"dir"`
+	KeepDirty  uint32  `json:"keepdirty,omitempty"` // the volume's keepdirty LRU length
 }
 
 // Row is one workload on one target: the representative run (median throughput of the
@@ -414,6 +415,9 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(ew, "size %s per file (region %s), runtime %v, warm-up %v, %d repetition(s), baselines %s, dir %s\n",
 		fmtBytes(s.Size), fmtBytes(s.Region), time.Duration(s.RuntimeS*float64(time.Second)), time.Duration(s.WarmupS*float64(time.Second)),
 		s.Repeat, s.BaselineIO, s.Dir)
+	if s.KeepDirty != 0 {
+		fmt.Fprintf(ew, "volume: keepdirty %d\n", s.KeepDirty)
+	}
 	var order []string
 	groups := map[string][]*Row{}
 	for _, r := range rep.Rows {
