@@ -11,7 +11,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"hast/internal/nv"
 	"hast/replicate/proto"
 )
 
@@ -54,6 +53,11 @@ type link struct {
 	pending map[uint64]*rreq
 	closed  bool
 	err     error
+
+	// sendMu is held by whoever writes to out: the send loop, or a submitter that found the
+	// queue empty and the loop idle and sends its own requests (see submit). It guards enc.
+	sendMu sync.Mutex
+	enc    batchEncoder
 
 	seq      atomic.Uint64
 	lastRecv atomic.Int64 // unix nanos of the last reply
@@ -99,11 +103,48 @@ func (l *link) submit(rs ...*rreq) {
 	for _, r := range rs {
 		r.seq = l.seq.Add(1)
 	}
+	// With nothing queued and nobody sending, everything submitted earlier is on the wire:
+	// sending here keeps the order and saves the hand-off to the send loop, which at queue
+	// depth 1 is a thread wake-up per request. Under load the loop batches as before. Large
+	// writes still go through the loop, so that copying them into the socket overlaps the
+	// caller's local write.
+	if len(l.queue) == 0 && small(rs) && l.sendMu.TryLock() {
+		l.register(rs)
+		l.mu.Unlock()
+		err := l.sendLocked(rs)
+		l.sendMu.Unlock()
+		if err != nil {
+			l.fail(fmt.Errorf("send: %w", err))
+		}
+		return
+	}
 	l.queue = append(l.queue, rs...)
 	l.mu.Unlock()
 	select {
 	case l.kick <- struct{}{}:
 	default:
+	}
+}
+
+// directSendMax bounds the payload a submitter sends itself (see submit).
+const directSendMax = 64 << 10
+
+func small(rs []*rreq) bool {
+	n := 0
+	for _, r := range rs {
+		n += len(r.data)
+	}
+	return n <= directSendMax
+}
+
+// register records rs as awaiting replies; l.mu is held.
+func (l *link) register(rs []*rreq) {
+	if len(l.pending) == 0 {
+		// The watchdog measures silence only while something is outstanding.
+		l.lastRecv.Store(time.Now().UnixNano())
+	}
+	for _, r := range rs {
+		l.pending[r.seq] = r
 	}
 }
 
@@ -152,13 +193,6 @@ func (l *link) close() {
 
 func (l *link) sendLoop() {
 	defer l.wg.Done()
-	var (
-		hdr      []byte
-		bufs     net.Buffers
-		spans    []int // per frame: hdr start, hdr end
-		payloads [][]byte
-		nvl      nv.List
-	)
 	ticker := time.NewTicker(l.cfg.Keepalive / 2)
 	defer ticker.Stop()
 	for {
@@ -168,80 +202,88 @@ func (l *link) sendLoop() {
 		case <-l.kick:
 		case <-ticker.C:
 			if time.Since(time.Unix(0, l.lastSend.Load())) >= l.cfg.Keepalive {
-				nvl.Reset()
-				nvl.AddUint8("cmd", proto.CmdKeepalive)
-				hdr = proto.EncodeFrame(hdr[:0], l.version, &nvl)
-				if err := l.write(net.Buffers{hdr}); err != nil {
+				l.sendMu.Lock()
+				err := l.sendKeepalive()
+				l.sendMu.Unlock()
+				if err != nil {
 					l.fail(fmt.Errorf("send keepalive: %w", err))
 					return
 				}
 			}
 			continue
 		}
+		// Taking the queue while holding sendMu orders this batch after anything a submitter
+		// sent directly, and before anything sent directly later.
+		l.sendMu.Lock()
 		l.mu.Lock()
 		if len(l.queue) == 0 {
 			l.mu.Unlock()
+			l.sendMu.Unlock()
 			continue
 		}
 		// Swap in the previous batch's array: queue and batch never share one.
 		batch := l.queue
 		l.queue = l.spare[:0]
-		if len(l.pending) == 0 {
-			// The watchdog measures silence only while something is outstanding.
-			l.lastRecv.Store(time.Now().UnixNano())
-		}
-		for _, r := range batch {
-			l.pending[r.seq] = r
-		}
+		l.register(batch)
 		l.mu.Unlock()
-		hdr, spans, payloads = hdr[:0], spans[:0], payloads[:0]
-		for _, r := range batch {
-			nvl.Reset()
-			nvl.AddUint8("cmd", r.cmd)
-			nvl.AddUint64("seq", r.seq)
-			nvl.AddUint64("offset", uint64(r.off))
-			nvl.AddUint64("length", uint64(r.length))
-			var payload []byte
-			if r.cmd == proto.CmdWrite {
-				if r.memsync {
-					nvl.AddUint8("memsync", 1)
-				}
-				var err error
-				payload, err = proto.EncodeData(&nvl, r.data, l.cfg.Compression, l.cfg.Checksum, r.scratch)
-				if err != nil {
-					l.fail(fmt.Errorf("encode write: %w", err))
-					return
-				}
-				if len(payload) > 0 && len(r.data) > 0 && &payload[0] != &r.data[0] {
-					r.scratch = payload[:0]
-				}
-			}
-			start := len(hdr)
-			hdr = proto.EncodeFrame(hdr, l.version, &nvl)
-			spans = append(spans, start, len(hdr))
-			payloads = append(payloads, payload)
-		}
-		bufs = bufs[:0]
-		for i := range batch {
-			bufs = append(bufs, hdr[spans[2*i]:spans[2*i+1]])
-			if len(payloads[i]) > 0 {
-				bufs = append(bufs, payloads[i])
-			}
-		}
-		l.frames.Add(uint64(len(batch)))
-		if err := l.write(bufs); err != nil {
+		err := l.sendLocked(batch)
+		l.sendMu.Unlock()
+		if err != nil {
 			l.fail(fmt.Errorf("send: %w", err))
 			return
 		}
-		// The kernel orders this batch's reads of the payloads before the peer's replies, but
-		// the Go memory model sees no edge through a socket: this store and the load in
-		// recvLoop give one, so an owner reusing a buffer after its reply is ordered after the
-		// encoding (and the race detector agrees).
-		l.batches.Add(1)
 		l.mu.Lock()
 		l.spare = batch[:0]
 		l.mu.Unlock()
 	}
+}
+
+func (l *link) sendKeepalive() error {
+	e := &l.enc
+	e.nvl.Reset()
+	e.nvl.AddUint8("cmd", proto.CmdKeepalive)
+	e.hdr = proto.EncodeFrame(e.hdr[:0], l.version, &e.nvl)
+	return l.write(net.Buffers{e.hdr})
+}
+
+// sendLocked encodes batch and writes it in one writev; sendMu is held.
+func (l *link) sendLocked(batch []*rreq) error {
+	e := &l.enc
+	e.reset()
+	for _, r := range batch {
+		e.nvl.Reset()
+		e.nvl.AddUint8("cmd", r.cmd)
+		e.nvl.AddUint64("seq", r.seq)
+		e.nvl.AddUint64("offset", uint64(r.off))
+		e.nvl.AddUint64("length", uint64(r.length))
+		var payload []byte
+		if r.cmd == proto.CmdWrite {
+			if r.memsync {
+				e.nvl.AddUint8("memsync", 1)
+			}
+			var err error
+			payload, err = proto.EncodeData(&e.nvl, r.data, l.cfg.Compression, l.cfg.Checksum, r.scratch)
+			if err != nil {
+				return fmt.Errorf("encode write: %w", err)
+			}
+			if len(payload) > 0 && len(r.data) > 0 && &payload[0] != &r.data[0] {
+				r.scratch = payload[:0]
+			}
+		}
+		e.add(l.version, payload)
+	}
+	l.frames.Add(uint64(len(batch)))
+	err := l.write(e.buffers())
+	e.release()
+	if err != nil {
+		return err
+	}
+	// The kernel orders this batch's reads of the payloads before the peer's replies, but
+	// the Go memory model sees no edge through a socket: this store and the load in
+	// recvLoop give one, so an owner reusing a buffer after its reply is ordered after the
+	// encoding (and the race detector agrees).
+	l.batches.Add(1)
+	return nil
 }
 
 func (l *link) write(bufs net.Buffers) error {

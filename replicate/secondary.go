@@ -59,9 +59,14 @@ type secondary struct {
 	rmu     sync.Mutex
 	replies []sreply
 	rkick   chan struct{}
-	done    chan struct{}
-	failErr error
-	once    sync.Once
+	// sendMu is held by whoever writes to c2: the reply loop, or queueReply sending its reply
+	// itself when nothing is queued and the loop is idle. It guards renc and rscratch.
+	sendMu   sync.Mutex
+	renc     batchEncoder
+	rscratch []byte
+	done     chan struct{}
+	failErr  error
+	once     sync.Once
 }
 
 // RunSecondary serves one connection from the primary until it ends: it evaluates the handshake
@@ -500,6 +505,18 @@ func (s *secondary) apply(r sreq) {
 
 func (s *secondary) queueReply(r sreply) {
 	s.rmu.Lock()
+	// Nothing queued and nobody sending: every earlier reply is on the wire, so sending this
+	// one here keeps the order and saves a thread wake-up per request at queue depth 1.
+	if len(s.replies) == 0 && s.sendMu.TryLock() {
+		s.rmu.Unlock()
+		one := [1]sreply{r}
+		err := s.sendReplies(one[:])
+		s.sendMu.Unlock()
+		if err != nil {
+			s.fail(err)
+		}
+		return
+	}
 	s.replies = append(s.replies, r)
 	s.rmu.Unlock()
 	select {
@@ -510,72 +527,73 @@ func (s *secondary) queueReply(r sreply) {
 
 // replyLoop sends queued replies on c2, all that are waiting in one writev.
 func (s *secondary) replyLoop() {
-	var (
-		batch, spare []sreply
-		hdr          []byte
-		spans        []int
-		payloads     [][]byte
-		bufs         net.Buffers
-		nvl          nv.List
-		scratch      []byte
-	)
+	var batch, spare []sreply
 	for {
 		select {
 		case <-s.done:
 			return
 		case <-s.rkick:
 		}
+		// Taking the queue under sendMu orders it after replies sent directly before, and
+		// before those sent directly after.
+		s.sendMu.Lock()
 		s.rmu.Lock()
 		batch, s.replies = s.replies, spare[:0]
 		s.rmu.Unlock()
 		if len(batch) == 0 {
+			s.sendMu.Unlock()
 			spare = batch
 			continue
 		}
-		hdr, spans, payloads = hdr[:0], spans[:0], payloads[:0]
-		for _, r := range batch {
-			nvl.Reset()
-			nvl.AddUint64("seq", r.seq)
-			var payload []byte
-			switch {
-			case r.received:
-				nvl.AddInt8("received", 1)
-			case r.errno != 0:
-				nvl.AddInt16("error", int16(r.errno))
-			case r.digest != nil:
-				nvl.AddUint8Array("digest", r.digest[:])
-			case r.data != nil:
-				var err error
-				// Replies to reads go through the pipeline with our own settings (as HAST does).
-				payload, err = proto.EncodeData(&nvl, r.data, s.cfg.Compression, s.cfg.Checksum, scratch[len(scratch):])
-				if err != nil {
-					s.fail(fmt.Errorf("encode read reply: %w", err))
-					return
-				}
-			}
-			start := len(hdr)
-			hdr = proto.EncodeFrame(hdr, s.version, &nvl)
-			spans = append(spans, start, len(hdr))
-			payloads = append(payloads, payload)
+		err := s.sendReplies(batch)
+		s.sendMu.Unlock()
+		if err != nil {
+			s.fail(err)
+			return
 		}
-		bufs = bufs[:0]
-		for i := range batch {
-			bufs = append(bufs, hdr[spans[2*i]:spans[2*i+1]])
-			if len(payloads[i]) > 0 {
-				bufs = append(bufs, payloads[i])
-			}
-		}
-		s.c2.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
-		_, err := bufs.WriteTo(s.c2)
+		clear(batch) // drop the references to read buffers already returned to the pool
+		spare = batch
+	}
+}
+
+// sendReplies encodes batch and writes it in one writev, then returns the read buffers to the
+// pool; sendMu is held.
+func (s *secondary) sendReplies(batch []sreply) error {
+	e := &s.renc
+	e.reset()
+	defer func() {
 		for _, r := range batch {
 			if r.data != nil {
 				putBuf(r.data)
 			}
 		}
-		if err != nil {
-			s.fail(fmt.Errorf("send replies: %w", err))
-			return
+		e.release()
+	}()
+	for _, r := range batch {
+		e.nvl.Reset()
+		e.nvl.AddUint64("seq", r.seq)
+		var payload []byte
+		switch {
+		case r.received:
+			e.nvl.AddInt8("received", 1)
+		case r.errno != 0:
+			e.nvl.AddInt16("error", int16(r.errno))
+		case r.digest != nil:
+			e.nvl.AddUint8Array("digest", r.digest[:])
+		case r.data != nil:
+			var err error
+			// Replies to reads go through the pipeline with our own settings (as HAST does).
+			payload, err = proto.EncodeData(&e.nvl, r.data, s.cfg.Compression, s.cfg.Checksum, s.rscratch[len(s.rscratch):])
+			if err != nil {
+				return fmt.Errorf("encode read reply: %w", err)
+			}
 		}
-		spare = batch
+		e.add(s.version, payload)
 	}
+	s.c2.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
+	bufs := e.buffers()
+	if _, err := bufs.WriteTo(s.c2); err != nil {
+		return fmt.Errorf("send replies: %w", err)
+	}
+	return nil
 }
