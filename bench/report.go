@@ -214,6 +214,8 @@ func (rep *Report) Finish() {
 const (
 	WSeqWrite = "seqwrite-1m-qd8"
 	WRandW32  = "randwrite-4k-qd32"
+	WSeqRead  = "seqread-1m-qd8"
+	WRandR32  = "randread-4k-qd32"
 	WLatWrite = "lat-4k-qd1-write"
 )
 
@@ -260,6 +262,8 @@ func (rep *Report) checks() []Check {
 	ratioCheck("FUSE 4 KiB rand write QD32 vs volume (fullsync)", row(WRandW32, KindFUSE, full), row(WRandW32, KindVolume, full), "fuse/fullsync "+WRandW32, "volume/fullsync "+WRandW32, 0.40, true)
 	ratioCheck("NBD export (file backend) vs nbdkit, 1 MiB seq write", row(WSeqWrite, KindNBDFile, ""), row(WSeqWrite, KindNBDKit, ""), "nbd-file "+WSeqWrite, "nbdkit "+WSeqWrite, 1.0, false)
 	ratioCheck("NBD export (file backend) vs nbdkit, 4 KiB rand write QD32", row(WRandW32, KindNBDFile, ""), row(WRandW32, KindNBDKit, ""), "nbd-file "+WRandW32, "nbdkit "+WRandW32, 1.0, true)
+	ratioCheck("NBD export (file backend) vs nbdkit, 1 MiB seq read", row(WSeqRead, KindNBDFile, ""), row(WSeqRead, KindNBDKit, ""), "nbd-file "+WSeqRead, "nbdkit "+WSeqRead, 1.0, false)
+	ratioCheck("NBD export (file backend) vs nbdkit, 4 KiB rand read QD32", row(WRandR32, KindNBDFile, ""), row(WRandR32, KindNBDKit, ""), "nbd-file "+WRandR32, "nbdkit "+WRandR32, 1.0, true)
 	ratioCheck("NBD export (replicated, fullsync) vs nbdkit, 1 MiB seq write", row(WSeqWrite, KindNBD, full), row(WSeqWrite, KindNBDKit, ""), "nbd/fullsync "+WSeqWrite, "nbdkit "+WSeqWrite, 1.0, false)
 	ratioCheck("NBD export (replicated, fullsync) vs nbdkit, 4 KiB rand write QD32", row(WRandW32, KindNBD, full), row(WRandW32, KindNBDKit, ""), "nbd/fullsync "+WRandW32, "nbdkit "+WRandW32, 1.0, true)
 	ratioCheck("volume fullsync 1 MiB seq write QD8 vs ideal", row(WSeqWrite, KindVolume, full), row(WSeqWrite, KindIdeal, ""), "volume/fullsync "+WSeqWrite, "ideal "+WSeqWrite, 0.90, false)

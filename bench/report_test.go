@@ -34,6 +34,10 @@ func sampleReport() *Report {
 		add(statsRow(w, KindNBDFile, "", 0, qd, 500, 40, 90))
 		add(statsRow(w, KindNBDKit, "", 0, qd, 250, 40, 90))
 	}
+	for _, w := range []string{WSeqRead, WRandR32} {
+		add(statsRow(w, KindNBDFile, "", 100, 32, 300, 40, 90))
+		add(statsRow(w, KindNBDKit, "", 100, 32, 400, 40, 90))
+	}
 	rep.Resync = &ResyncResult{Bytes: 1 << 30, Seconds: 2, MiBps: 512, IdealMiBps: 1024, Ratio: 0.5, SyncRate: 100 << 20, RateMiBps: 99, RateRatio: 0.99}
 	return rep
 }
@@ -90,6 +94,7 @@ func TestChecksAndFlags(t *testing.T) {
 	}{
 		"FUSE 1 MiB seq write QD8 vs volume (fullsync)":                          {0.5, false},
 		"NBD export (file backend) vs nbdkit, 1 MiB seq write":                   {2, true},
+		"NBD export (file backend) vs nbdkit, 4 KiB rand read QD32":              {0.75, false},
 		"volume fullsync 1 MiB seq write QD8 vs ideal":                           {0.5, false},
 		"volume memsync vs fullsync, 1 MiB seq write QD8":                        {1.5, true},
 		"volume async vs fullsync, 1 MiB seq write QD8":                          {0.75, false},
