@@ -13,7 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -186,7 +188,7 @@ func (c *Cluster) Start(n *Node, extra ...string) error {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		lf.Close()
 		return fmt.Errorf("start %s: %w", n.Name, err)
 	}
@@ -212,6 +214,35 @@ func (c *Cluster) Start(n *Node, extra ...string) error {
 		}
 	}
 }
+
+// spawn starts cmd from one OS thread that lives as long as the process. Pdeathsig fires when
+// the thread that forked the child exits, not the process, and Go ends a thread whose goroutine
+// exits while locked to it, as an io_uring's loop does when a device is closed: a daemon forked
+// earlier from that thread would be killed with it.
+func spawn(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked, and the goroutine never returns
+			for r := range spawnReqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawnReqs <- spawnReq{cmd, done}
+	return <-done
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+var (
+	spawnOnce sync.Once
+	spawnReqs chan spawnReq
+)
 
 // LogTail returns the end of node n's daemon log.
 func (c *Cluster) LogTail(n *Node) string {
