@@ -1,7 +1,6 @@
 package blockdev
 
 import (
-	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -35,7 +34,7 @@ type asyncReader struct {
 	ring     atomic.Pointer[uring.Ring]
 	noRing   atomic.Bool // io_uring cannot be used here: blocking pread
 	noNowait atomic.Bool // RWF_NOWAIT is refused for this file
-	closed   bool
+	closed   atomic.Bool // set by close, under mu
 }
 
 // readFull fills p from off of fd, the way os.File.ReadAt does (io.EOF when the file
@@ -76,10 +75,11 @@ func (a *asyncReader) readOnce(fd int, p []byte, off int64) (int, error) {
 	}
 	if r := a.getRing(); r != nil {
 		n, err := r.Read(fd, p, off)
-		if !errors.Is(err, uring.ErrClosed) {
+		if err == nil || !a.closed.Load() {
 			return n, err
 		}
-		// The device is closing; the descriptor is still held, so finish with pread.
+		// The device closed the ring under this read (refused it, or cancelled it in
+		// flight); the descriptor is still held, so finish with pread.
 	}
 	for {
 		n, err := unix.Pread(fd, p, off)
@@ -99,7 +99,7 @@ func (a *asyncReader) getRing() *uring.Ring {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if r := a.ring.Load(); r != nil || a.closed {
+	if r := a.ring.Load(); r != nil || a.closed.Load() {
 		return r
 	}
 	r, err := uring.New(ringEntries)
@@ -115,7 +115,7 @@ func (a *asyncReader) getRing() *uring.Ring {
 // close stops the ring, if one was made; reads still waiting on it fall back to pread.
 func (a *asyncReader) close() error {
 	a.mu.Lock()
-	a.closed = true
+	a.closed.Store(true)
 	r := a.ring.Swap(nil)
 	a.mu.Unlock()
 	if r == nil {
