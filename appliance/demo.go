@@ -291,6 +291,20 @@ func (c *Cluster) Role(n *Node, role string, names ...string) error {
 	return nil
 }
 
+// Pair gives every resource the tutorial's roles: init on both nodes, then secondary on hast2
+// and primary on hast1.
+func (c *Cluster) Pair() error {
+	for _, n := range c.Nodes {
+		if err := c.Role(n, "init", "all"); err != nil {
+			return err
+		}
+	}
+	if err := c.Role(c.Nodes[1], "secondary", "all"); err != nil {
+		return err
+	}
+	return c.Role(c.Nodes[0], "primary", "all")
+}
+
 // WaitComplete waits until every resource on node n is `complete` with nothing dirty.
 func (c *Cluster) WaitComplete(n *Node, timeout time.Duration) error {
 	cl, err := c.Client(n)
@@ -371,15 +385,7 @@ func (c *CLI) demo(args []string) error {
 		}
 	}
 	say("hast role init all; hast2: hast role secondary all; hast1: hast role primary all")
-	for _, n := range cl.Nodes {
-		if err := cl.Role(n, "init", "all"); err != nil {
-			return err
-		}
-	}
-	if err := cl.Role(h2, "secondary", "all"); err != nil {
-		return err
-	}
-	if err := cl.Role(h1, "primary", "all"); err != nil {
+	if err := cl.Pair(); err != nil {
 		return err
 	}
 	say("waiting for the initial synchronisation")

@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"flag"
@@ -9,12 +8,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"hast/bench"
 	"hast/nbd"
 )
 
@@ -108,13 +106,8 @@ func RunRSS(opt RSSOptions) (*RSSReport, error) {
 		}
 	}
 	h1, h2 := cl.Nodes[0], cl.Nodes[1]
-	for _, step := range []struct {
-		n    *Node
-		role string
-	}{{h1, "init"}, {h2, "init"}, {h2, "secondary"}, {h1, "primary"}} {
-		if err := cl.Role(step.n, step.role, "all"); err != nil {
-			return nil, fmt.Errorf("%w: %s", err, cliOut.String())
-		}
+	if err := cl.Pair(); err != nil {
+		return nil, fmt.Errorf("%w: %s", err, cliOut.String())
 	}
 	fmt.Fprintf(logw, "rss: waiting for the initial synchronisation of %d × %d MiB\n", opt.Resources, opt.DiskSize>>20)
 	if err := cl.WaitComplete(h1, 10*time.Minute); err != nil {
@@ -233,28 +226,11 @@ sample:
 
 // procStatusBytes reads a "kB" field such as VmRSS from /proc/PID/status, in bytes.
 func procStatusBytes(pid int, field string) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := bench.ProcKiB(fmt.Sprintf("/proc/%d/status", pid), field)
 	if err != nil {
-		return 0, fmt.Errorf("read memory of pid %d: %w", pid, err)
+		return 0, fmt.Errorf("memory of pid %d: %w", pid, err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || k != field {
-			continue
-		}
-		num, unit, _ := strings.Cut(strings.TrimSpace(v), " ")
-		kb, err := strconv.ParseInt(num, 10, 64)
-		if err != nil || unit != "kB" {
-			return 0, fmt.Errorf("/proc/%d/status: unexpected %s line %q", pid, field, sc.Text())
-		}
-		return kb << 10, nil
-	}
-	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
-	}
-	return 0, fmt.Errorf("/proc/%d/status has no %s line", pid, field)
+	return kb << 10, nil
 }
 
 // Peak is the largest resident size either daemon reached, and which one: the larger of

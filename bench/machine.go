@@ -67,10 +67,8 @@ func DescribeMachine(dir string) Machine {
 	if v, ok := procField("/proc/cpuinfo", "model name"); ok {
 		m.CPUModel = v
 	}
-	if v, ok := procField("/proc/meminfo", "MemTotal"); ok {
-		if kb, err := strconv.ParseInt(strings.Fields(v)[0], 10, 64); err == nil {
-			m.MemoryMiB = kb / 1024
-		}
+	if kb, err := ProcKiB("/proc/meminfo", "MemTotal"); err == nil {
+		m.MemoryMiB = kb / 1024
 	}
 	if v, ok := procField("/proc/cpuinfo", "flags"); ok && strings.Contains(" "+v+" ", " hypervisor ") {
 		m.Virtual = "virtual machine"
@@ -109,9 +107,16 @@ func DescribeMachine(dir string) Machine {
 
 // procField returns the value of the first "key : value" line of a /proc file.
 func procField(path, key string) (string, bool) {
+	v, err := readProcField(path, key)
+	return v, err == nil
+}
+
+// readProcField returns the value of the "key: value" line of a /proc file such as
+// /proc/meminfo or /proc/PID/status.
+func readProcField(path, key string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", false
+		return "", err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -119,10 +124,28 @@ func procField(path, key string) (string, bool) {
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
 		if ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v), true
+			return strings.TrimSpace(v), nil
 		}
 	}
-	return "", false
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return "", fmt.Errorf("%s has no %s line", path, key)
+}
+
+// ProcKiB reads a field given in kB, such as MemTotal in /proc/meminfo or VmRSS in
+// /proc/PID/status.
+func ProcKiB(path, key string) (int64, error) {
+	v, err := readProcField(path, key)
+	if err != nil {
+		return 0, err
+	}
+	num, unit, _ := strings.Cut(v, " ")
+	kb, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || strings.TrimSpace(unit) != "kB" {
+		return 0, fmt.Errorf("%s: unexpected %s value %q", path, key, v)
+	}
+	return kb, nil
 }
 
 // mountFS finds the file system type mounted from device maj:min in /proc/self/mountinfo.
