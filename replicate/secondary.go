@@ -60,13 +60,12 @@ type secondary struct {
 	replies []sreply
 	rkick   chan struct{}
 	// sendMu is held by whoever writes to c2: the reply loop, or queueReply sending its reply
-	// itself when nothing is queued and the loop is idle. It guards renc and rscratch.
-	sendMu   sync.Mutex
-	renc     batchEncoder
-	rscratch []byte
-	done     chan struct{}
-	failErr  error
-	once     sync.Once
+	// itself when nothing is queued and the loop is idle. It guards renc.
+	sendMu  sync.Mutex
+	renc    batchEncoder
+	done    chan struct{}
+	failErr error
+	once    sync.Once
 }
 
 // RunSecondary serves one connection from the primary until it ends: it evaluates the handshake
@@ -583,7 +582,7 @@ func (s *secondary) sendReplies(batch []sreply) error {
 		case r.data != nil:
 			var err error
 			// Replies to reads go through the pipeline with our own settings (as HAST does).
-			payload, err = proto.EncodeData(&e.nvl, r.data, s.cfg.Compression, s.cfg.Checksum, s.rscratch[len(s.rscratch):])
+			payload, err = proto.EncodeData(&e.nvl, r.data, s.cfg.Compression, s.cfg.Checksum, nil)
 			if err != nil {
 				return fmt.Errorf("encode read reply: %w", err)
 			}
