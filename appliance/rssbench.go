@@ -2,14 +2,13 @@ package appliance
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"hast/bench"
@@ -143,62 +142,31 @@ func RunRSS(opt RSSOptions) (*RSSReport, error) {
 	return rep, nil
 }
 
-// runRSSPhase drives every volume with opt.Depth workers for opt.Runtime while sampling the
-// daemons' resident memory.
+// runRSSPhase drives every volume with bench's workload generator (opt.Depth requests in
+// flight each, for opt.Runtime) while sampling the daemons' resident memory.
 func runRSSPhase(vols []*nbd.Client, pids [2]int, opt RSSOptions, name string, bs int, write, seq bool) (RSSPhase, error) {
+	w := bench.Workload{Name: name, Pattern: bench.Random, BlockSize: bs, QueueDepth: opt.Depth, Runtime: opt.Runtime}
+	if seq {
+		w.Pattern = bench.Sequential
+	}
+	if !write {
+		w.ReadPercent = 100
+	}
 	res := RSSPhase{Name: name}
-	var ops, failures atomic.Int64
-	var firstErr error
-	var errOnce sync.Once
-	stop := make(chan struct{})
+	results := make([]*bench.Result, len(vols))
+	errs := make([]error, len(vols))
 	var wg sync.WaitGroup
-	// Incompressible data, made once: the workers copy it, so that setting up hundreds of
-	// them takes no time from the measured phase.
-	random := make([]byte, bs)
-	rng := rand.New(rand.NewPCG(1, 2))
-	for i := range random {
-		random[i] = byte(rng.Uint32())
+	for i, v := range vols {
+		wg.Go(func() {
+			w := w
+			w.Seed = uint64(i)
+			results[i], errs[i] = bench.Run(context.Background(), v, w)
+		})
 	}
-	start := time.Now()
-	for vi, v := range vols {
-		blocks := v.Size() / int64(bs)
-		for w := range opt.Depth {
-			wg.Go(func() {
-				buf := make([]byte, bs)
-				copy(buf, random)
-				rng := rand.New(rand.NewPCG(uint64(vi), uint64(w)))
-				next := int64(w) * blocks / int64(opt.Depth)
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					var blk int64
-					if seq {
-						blk, next = next%blocks, next+1
-					} else {
-						blk = rng.Int64N(blocks)
-					}
-					var err error
-					if write {
-						_, err = v.WriteAt(buf, blk*int64(bs))
-					} else {
-						_, err = v.ReadAt(buf, blk*int64(bs))
-					}
-					if err != nil {
-						failures.Add(1)
-						errOnce.Do(func() { firstErr = fmt.Errorf("%s on volume %d: %w", name, vi, err) })
-						return
-					}
-					ops.Add(1)
-				}
-			})
-		}
-	}
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
 	var sampleErr error
 	tick := time.NewTicker(50 * time.Millisecond)
-	deadline := time.After(opt.Runtime)
 sample:
 	for {
 		for i, pid := range pids {
@@ -210,18 +178,24 @@ sample:
 			res.PeakRSS[i] = max(res.PeakRSS[i], rss)
 		}
 		select {
-		case <-deadline:
+		case <-finished:
 			break sample
 		case <-tick.C:
 		}
 	}
 	tick.Stop()
-	close(stop)
-	wg.Wait()
-	res.Elapsed = time.Since(start)
-	res.Ops, res.Failures = ops.Load(), failures.Load()
-	res.Bytes = res.Ops * int64(bs)
-	return res, errors.Join(firstErr, sampleErr)
+	<-finished
+	for i, r := range results {
+		if errs[i] != nil {
+			res.Failures++
+			errs[i] = fmt.Errorf("%s on volume %d: %w", name, i, errs[i])
+			continue
+		}
+		res.Ops += r.Ops
+		res.Bytes += r.ReadBytes + r.WriteBytes
+		res.Elapsed = max(res.Elapsed, r.Elapsed)
+	}
+	return res, errors.Join(append(errs, sampleErr)...)
 }
 
 // procStatusBytes reads a "kB" field such as VmRSS from /proc/PID/status, in bytes.
