@@ -109,13 +109,7 @@ func (l *link) submit(rs ...*rreq) {
 	// writes still go through the loop, so that copying them into the socket overlaps the
 	// caller's local write.
 	if len(l.queue) == 0 && small(rs) && l.sendMu.TryLock() {
-		l.register(rs)
-		l.mu.Unlock()
-		err := l.sendLocked(rs)
-		l.sendMu.Unlock()
-		if err != nil {
-			l.fail(fmt.Errorf("send: %w", err))
-		}
+		l.registerAndSend(rs)
 		return
 	}
 	l.queue = append(l.queue, rs...)
@@ -135,6 +129,19 @@ func small(rs []*rreq) bool {
 		n += len(r.data)
 	}
 	return n <= directSendMax
+}
+
+// registerAndSend records rs as awaiting replies and sends them. It is called holding l.mu and
+// l.sendMu, with nothing queued ahead of rs, and releases both; a failed send fails the link.
+func (l *link) registerAndSend(rs []*rreq) error {
+	l.register(rs)
+	l.mu.Unlock()
+	err := l.sendLocked(rs)
+	l.sendMu.Unlock()
+	if err != nil {
+		l.fail(fmt.Errorf("send: %w", err))
+	}
+	return err
 }
 
 // register records rs as awaiting replies; l.mu is held.
@@ -224,12 +231,7 @@ func (l *link) sendLoop() {
 		// Swap in the previous batch's array: queue and batch never share one.
 		batch := l.queue
 		l.queue = l.spare[:0]
-		l.register(batch)
-		l.mu.Unlock()
-		err := l.sendLocked(batch)
-		l.sendMu.Unlock()
-		if err != nil {
-			l.fail(fmt.Errorf("send: %w", err))
+		if l.registerAndSend(batch) != nil {
 			return
 		}
 		l.mu.Lock()
