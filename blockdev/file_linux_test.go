@@ -103,23 +103,7 @@ func TestOpenRegularFile(t *testing.T) {
 	if n, err := d.ReadAt(got, size-100); n != 100 || err != io.EOF {
 		t.Fatalf("read across the end = %d, %v; want 100, EOF", n, err)
 	}
-	if n, err := d.ReadAt(got, size); n != 0 || err != io.EOF {
-		t.Fatalf("read at the end = %d, %v", n, err)
-	}
-	if _, err := d.ReadAt(got, -1); !errors.Is(err, ErrOutOfRange) {
-		t.Fatalf("read at -1 = %v", err)
-	}
-	for _, off := range []int64{size - 100, size, -512} {
-		if _, err := d.WriteAt(data, off); !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), p) {
-			t.Fatalf("write at %d = %v, want ErrOutOfRange naming the path", off, err)
-		}
-	}
-	if err := d.Discard(size-512, 1024); !errors.Is(err, ErrOutOfRange) {
-		t.Fatalf("discard past the end = %v", err)
-	}
-	if st, _ := os.Stat(p); st.Size() != size {
-		t.Fatalf("file grew to %d", st.Size())
-	}
+	checkOutOfRange(t, d, p, size, data, got)
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -380,4 +364,28 @@ func TestOpenReadOnly(t *testing.T) {
 		t.Fatalf("Open while a read-only handle exists: %v", err)
 	}
 	d2.Close()
+}
+
+// checkOutOfRange checks a size-byte device opened from file p at its edges: a read at the
+// end gives EOF, I/O outside it fails with ErrOutOfRange naming the path, and the file does
+// not grow. data and got are a write payload and a read buffer of more than 100 bytes.
+func checkOutOfRange(t *testing.T, d Device, p string, size int64, data, got []byte) {
+	t.Helper()
+	if n, err := d.ReadAt(got, size); n != 0 || err != io.EOF {
+		t.Fatalf("read at the end = %d, %v", n, err)
+	}
+	if _, err := d.ReadAt(got, -1); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("read at -1 = %v", err)
+	}
+	for _, off := range []int64{size - 100, size, -512} {
+		if _, err := d.WriteAt(data, off); !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), p) {
+			t.Fatalf("write at %d = %v, want ErrOutOfRange naming the path", off, err)
+		}
+	}
+	if err := d.Discard(size-512, 1024); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("discard past the end = %v", err)
+	}
+	if st, _ := os.Stat(p); st.Size() != size {
+		t.Fatalf("file grew to %d", st.Size())
+	}
 }
