@@ -9,52 +9,32 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"hast/blockdev"
+	"hast/internal/testsupport"
 )
 
 var hastBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "hast-bin-")
+	bin, cleanup, err := testsupport.BuildRaceBinary()
 	if err != nil {
-		panic(err)
-	}
-	hastBin = filepath.Join(dir, "hast")
-	cmd := exec.Command("go", "build", "-race", "-o", hastBin, "hast")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the hast binary for end-to-end tests: %v\n", err)
+		fmt.Fprintf(os.Stderr, "end-to-end tests: %v\n", err)
 		os.Exit(1)
 	}
+	hastBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 
-type testOut struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (o *testOut) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *testOut) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
+// testOut collects CLI and daemon output from concurrent writers.
+type testOut = testsupport.SyncBuffer
 
 // newTestCluster creates and starts a two-node cluster; extra[i], if given, are more daemon
 // flags for node i.

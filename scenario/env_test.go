@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"hast/blockdev"
 	"hast/internal/ackcheck"
 	"hast/internal/faultnet"
+	"hast/internal/testsupport"
 	"hast/nbd"
 )
 
@@ -27,22 +27,7 @@ const (
 )
 
 // syncBuf collects CLI output from concurrent callers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (o *syncBuf) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *syncBuf) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
+type syncBuf = testsupport.SyncBuffer
 
 // env is one scenario's world: a faultnet network and a two-daemon cluster in it, hast1 in
 // namespace 0 at IP[0], hast2 in namespace 1 at IP[1].

@@ -4,7 +4,6 @@ import (
 	"debug/buildinfo"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"hast/internal/faultnet"
+	"hast/internal/testsupport"
 )
 
 var hastBin, revision string
@@ -51,22 +51,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "scenario tests: %v\n", err)
 		os.Exit(1)
 	}
-	dir, err := os.MkdirTemp("", "hast-scenario-bin-")
+	bin, cleanup, err := testsupport.BuildRaceBinary()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintf(os.Stderr, "scenario tests: %v\n", err)
 		os.Exit(1)
 	}
-	hastBin = filepath.Join(dir, "hast")
-	cmd := exec.Command("go", "build", "-race", "-buildvcs=auto", "-o", hastBin, "hast")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the hast binary for the scenarios: %v\n", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
+	hastBin = bin
 	revision = binaryRevision(hastBin)
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	if out := os.Getenv("HAST_RELIABILITY_OUT"); out != "" && code == 0 {
 		// go test runs us in the package directory; a relative path names a file of the module.
 		if !filepath.IsAbs(out) {

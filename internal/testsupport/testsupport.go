@@ -1,0 +1,48 @@
+// Package testsupport holds what the end-to-end test packages (appliance, scenario) share: the
+// race-enabled hast binary their daemons run as, and a buffer the CLI and daemons write to from
+// several goroutines. Only tests import it.
+package testsupport
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+)
+
+// BuildRaceBinary builds the hast binary with the race detector into a new temporary directory
+// and returns its path; remove the directory with cleanup.
+func BuildRaceBinary() (path string, cleanup func(), err error) {
+	dir, err := os.MkdirTemp("", "hast-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	path = filepath.Join(dir, "hast")
+	cmd := exec.Command("go", "build", "-race", "-buildvcs=auto", "-o", path, "hast")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("build the hast binary: %w", err)
+	}
+	return path, func() { os.RemoveAll(dir) }, nil
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (o *SyncBuffer) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+func (o *SyncBuffer) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
