@@ -75,6 +75,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fioRamp    = fs.Duration("fio-ramp", -1, "override the jobs' ramp time (default: the job files' 5s)")
 		fioRaw     = fs.Bool("fio-no-raw", false, "do not run the jobs on a raw file for comparison")
 		verbose    = fs.Bool("v", false, "log the engines' messages to stderr")
+		cpuProfile = fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+		tracePath  = fs.String("trace", "", "write a Go execution trace of the whole run to this file (go tool trace); keep the run short")
 	)
 	fs.Var(&size, "size", "size of each backing file, e.g. 1G (default 1G with --quick, 2G otherwise; with --fio: at most this much of the target)")
 	fs.Var(&syncRate, "sync-rate", "also resync at this rate (bytes/s, e.g. 100M) and report measured/configured")
@@ -110,8 +112,18 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	stopProfiles, err := startProfiles(*cpuProfile, *tracePath)
+	if err != nil {
+		fmt.Fprintf(stderr, "hast bench: %v\n", err)
+		return 1
+	}
+	defer func() {
+		if err := stopProfiles(); err != nil {
+			fmt.Fprintf(stderr, "hast bench: %v\n", err)
+		}
+	}()
+
 	var rep *Report
-	var err error
 	if *runFio {
 		if *fioTarget == "" {
 			return bad("--fio needs --fio-target FILE|DEV")
