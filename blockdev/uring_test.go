@@ -32,6 +32,17 @@ type opener struct {
 var openers = []opener{
 	{"Open", Open, KindPwrite},
 	{"OpenURing", OpenURing, KindURing},
+	// A lone operation skips the ring (see uringDevice.op); this one never does, so that
+	// every check also runs every read and write through the ring.
+	{"OpenURingRingOnly", openRingOnly, KindURing},
+}
+
+func openRingOnly(path string) (Device, error) {
+	d, err := OpenURing(path)
+	if u, ok := d.(*uringDevice); ok {
+		u.ringOnly = true
+	}
+	return d, err
 }
 
 // deviceChecks is the behaviour every file-backed Device shares, whatever does its I/O.
@@ -510,7 +521,13 @@ func TestOpenURingUsesDirectIO(t *testing.T) {
 // TestURingDeviceNoAllocations covers the direct and the page-cache paths; the bounce
 // path uses a sync.Pool, which the race detector deliberately makes drop buffers.
 func TestURingDeviceNoAllocations(t *testing.T) {
-	d, _ := openWith(t, openers[1], 1<<20)
+	for _, o := range openers[1:] {
+		t.Run(o.name, func(t *testing.T) { checkNoAllocations(t, o) })
+	}
+}
+
+func checkNoAllocations(t *testing.T, o opener) {
+	d, _ := openWith(t, o, 1<<20)
 	buf := make([]byte, 8192+4096)
 	skip := (4096 - int(uintptr(unsafe.Pointer(&buf[0]))&4095)) & 4095
 	alignedBuf := buf[skip : skip+8192]
