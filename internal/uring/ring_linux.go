@@ -3,6 +3,7 @@ package uring
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,6 @@ const (
 	tagWake   = 1 << 32 // the eventfd read that wakes the loop
 	tagCancel = 2 << 32 // ASYNC_CANCEL requests issued by Close
 	tagIgnore = 3 << 32 // NOPs overwriting SQEs that were failed without submission
-	tagLane   = 4 << 32 // the lane's operation
 )
 
 // wakeValue is what callers write to the eventfd; the kernel only reads it.
@@ -45,46 +45,61 @@ var wakeValue = [8]byte{1}
 //
 // # Shape
 //
-// A Ring has two paths, chosen per operation.
-//
-// The loop: one goroutine, locked to an OS thread, owns the main [RawRing], set up with
+// The loop: one goroutine, locked to an OS thread, owns the [RawRing], set up with
 // SINGLE_ISSUER|DEFER_TASKRUN. Callers take a free slot from a fixed table (user_data is
 // the slot index), describe the operation there, append the slot to a queue and park
 // on the slot's channel. The loop copies everything queued into SQEs and calls
 // io_uring_enter once, both submitting and reaping, then wakes the owners of the
-// completed slots. Under load callers make no system call at all. When the loop is
-// asleep in the kernel, a caller wakes it by writing to an eventfd the ring itself is
-// reading.
+// completed slots. Under load callers make no system call at all.
 //
-// The lane: when the loop has nothing to do, the caller instead submits to a second,
-// small ring and waits in io_uring_enter itself, so a lone operation costs one
-// system call and no thread hand-off, like pwrite. Only one caller uses the lane at a
-// time; everybody else goes to the loop.
+// When it has nothing to submit or reap, the loop waits in the Go poller on an eventfd
+// that the kernel signals for completions and callers write to wake it (see
+// parkInPoller); where the kernel lacks DEFER_TASKRUN it waits in io_uring_enter
+// instead, for a completion or for a read of that eventfd.
+//
+// The direct path ([Options].Direct): when the ring has been idle for busyHold, a
+// caller makes its operation as the plain system call (pread, pwritev2, fdatasync,
+// fallocate) on its own thread: one system call and no thread hand-off.
 //
 // Slots, channels and queues are allocated once; steady-state operations do not
 // allocate.
 //
 // # Why this shape
 //
-// Four designs were measured on the 2-vCPU build VM (shared with other builds, hence
-// ranges over interleaved runs; 4 KiB O_DIRECT random writes to a fallocated file):
+// Designs measured on the 2-vCPU build VM (shared with other builds, hence ranges over
+// interleaved runs; 4 KiB O_DIRECT random writes to a fallocated file):
 //
 //	                                NOP round trip  depth 1 IOPS        depth 32 CPU/op
 //	callers submit, one reaper      7-10 µs         ~0.75× pwrite       (IOPS ≈ pwrite's)
 //	the loop alone                  22-28 µs        0.35-0.65× pwrite   9-12.6 µs
 //	leader/follower (callers wait)  0.35 µs         0.8-1.3× pwrite     14-17 µs
-//	the loop plus the lane          0.4-1.2 µs      0.75-1.1× pwrite    10-13 µs
+//	the loop plus a second ring     0.4-1.2 µs      0.75-1.1× pwrite    10-13 µs
+//	  where a lone caller waits
 //
 // Every cross-thread wake-up costs microseconds of IPIs and VM exits here, which sinks
 // any design with hand-offs at depth 1. At depth, the loop with DEFER_TASKRUN needs the
-// least CPU: callers make no system calls and one thread reaps every completion, where
-// in the leader/follower design every caller's thread enters the kernel and is
-// interrupted for its completions' task work. At depth 32 the Ring used 5-10 µs of CPU
-// per write against pwrite's 8-21 µs (see BenchmarkRingWrite4K).
+// least CPU: callers make no system calls and one thread reaps every completion.
+//
+// Two later findings, with both nodes of hast bench on one machine, replaced the second
+// ring with the direct path and moved the loop's wait into the Go poller. A goroutine
+// blocked in a system call keeps its P until sysmon takes it back, so threads waiting
+// in io_uring_enter (the loop's, a lone caller's) held the Ps the requests needed:
+// randwrite-4k-qd32 with --local-io uring rose from 15.8k to 25–30k IOPS. And at
+// depth 1 the second ring was slower than pwrite on the same disk (the replicated
+// write's p50 194 µs against 122–153 µs with pwrite). The hold after overlap keeps a
+// gap under load from sending an operation to a blocking call that would sit behind
+// the disk's queue.
 type Ring struct {
 	slots []slot
 	free  chan uint32
 	busy  atomic.Int32 // operations on the loop path, from slot wait to return
+
+	direct    bool           // Options.Direct
+	hold      time.Duration  // busyHold; tests change it
+	active    atomic.Int32   // operations between entry and return, both paths
+	busyUntil atomic.Int64   // nanotime before which even a lone operation takes the loop
+	directs   sync.WaitGroup // operations on the direct path, waited for by Close
+	nDirect   atomic.Uint64  // operations made on the direct path (tests)
 
 	kernelOps atomic.Int32 // loop operations submitted and not yet completed
 
@@ -100,12 +115,33 @@ type Ring struct {
 	loopErr error          // the loop's teardown error, read after done
 
 	efd     int
+	evf     *os.File // efd in the Go poller, when the loop parks there (see park)
 	flags   uint32   // setup flags of the loop's ring
 	wakeBuf [8]byte  // target of the loop's eventfd read
 	spare   []uint32 // the loop's half of the queue double buffer
 
-	lane lane
+	blockingWait bool // Options.blockingWait
 }
+
+// Options tune a Ring.
+type Options struct {
+	// Direct lets a lone operation skip the ring (see [Ring]). Only for descriptors
+	// whose operations always complete, such as regular files and block devices:
+	// Close cannot cancel a plain system call, it waits for it.
+	Direct bool
+
+	// blockingWait makes the loop wait in io_uring_enter even where it could wait in
+	// the poller, as on kernels without DEFER_TASKRUN (tests).
+	blockingWait bool
+}
+
+// busyHold is how long the ring counts as busy after two of its operations overlapped.
+const busyHold = time.Millisecond
+
+// nanotime is a monotonic clock reading in nanoseconds.
+func nanotime() int64 { return int64(time.Since(clockBase)) }
+
+var clockBase = time.Now()
 
 type slot struct {
 	sqe  SQE
@@ -115,9 +151,14 @@ type slot struct {
 }
 
 // New starts a ring for entries operations in flight (a power of two, 2..4096, or
-// rounded up to one): entries-1 on the loop and one on the lane. Errors meaning this
-// kernel cannot do io_uring wrap [ErrUnsupported].
+// rounded up to one; one entry is kept for the loop's own use), with default options.
+// Errors meaning this kernel cannot do io_uring wrap [ErrUnsupported].
 func New(entries uint32) (*Ring, error) {
+	return NewWithOptions(entries, Options{})
+}
+
+// NewWithOptions is New with options.
+func NewWithOptions(entries uint32, o Options) (*Ring, error) {
 	if entries < 2 || entries > 4096 {
 		return nil, fmt.Errorf("uring: %d entries: want 2..4096", entries)
 	}
@@ -125,15 +166,11 @@ func New(entries uint32) (*Ring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("uring: eventfd: %w", err)
 	}
-	r := &Ring{efd: efd, closing: make(chan struct{}), done: make(chan struct{})}
-	if err := r.lane.setup(); err != nil {
-		unix.Close(efd)
-		return nil, err
-	}
+	r := &Ring{efd: efd, closing: make(chan struct{}), done: make(chan struct{}),
+		direct: o.Direct, hold: busyHold, blockingWait: o.blockingWait}
 	started := make(chan error, 1)
 	go r.loop(entries, started)
 	if err := <-started; err != nil {
-		r.lane.raw.Close()
 		unix.Close(efd)
 		return nil, err
 	}
@@ -143,8 +180,8 @@ func New(entries uint32) (*Ring, error) {
 // Flags returns the setup flags the kernel accepted for the loop's ring.
 func (r *Ring) Flags() uint32 { return r.flags }
 
-// Slots returns how many operations the loop takes at once (the lane's one not
-// counted); further callers wait for a slot.
+// Slots returns how many operations the loop takes at once; further callers wait for a
+// slot.
 func (r *Ring) Slots() int { return len(r.slots) }
 
 // setup creates the loop's RawRing on the calling (locked) thread with the best flags
@@ -190,17 +227,81 @@ func checkOps(raw *RawRing) error {
 	return nil
 }
 
-// run executes one operation described by sqe (UserData is overwritten) on the lane
-// when the loop is idle and the lane free, else on the loop, and returns the kernel's
+// run executes one operation described by sqe (UserData is overwritten), directly when
+// the ring allows it and has been idle, else on the loop, and returns the kernel's
 // result. buf is the memory the kernel will access, kept reachable until the completion
 // has been consumed.
 func (r *Ring) run(sqe *SQE, buf unsafe.Pointer) (int32, error) {
-	if r.busy.Load() == 0 {
-		if res, ok, err := r.lane.run(sqe, buf); ok {
-			return res, err
-		}
+	if !r.direct {
+		return r.do(sqe, buf)
 	}
-	return r.do(sqe, buf)
+	alone := r.active.Add(1) == 1
+	defer r.active.Add(-1)
+	now := nanotime()
+	if !alone {
+		r.busyUntil.Store(now + int64(r.hold))
+		return r.do(sqe, buf)
+	}
+	if now < r.busyUntil.Load() {
+		return r.do(sqe, buf)
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return 0, ErrClosed
+	}
+	r.directs.Add(1)
+	r.mu.Unlock()
+	defer r.directs.Done()
+	r.nDirect.Add(1)
+	return directOp(sqe, buf), nil
+}
+
+// directOp makes the operation sqe describes as its plain system call and returns what
+// its completion would hold: a count or a negative errno.
+func directOp(sqe *SQE, buf unsafe.Pointer) int32 {
+	fd, off := int(sqe.FD), int64(sqe.Off)
+	var p []byte
+	if buf != nil {
+		p = unsafe.Slice((*byte)(buf), sqe.Len)
+	}
+	for {
+		var n int
+		var err error
+		switch sqe.Opcode {
+		case OpRead:
+			n, err = unix.Pread(fd, p, off)
+		case OpWrite:
+			if sqe.OpFlags == 0 {
+				n, err = unix.Pwrite(fd, p, off)
+			} else {
+				iov := [1][]byte{p}
+				n, err = unix.Pwritev2(fd, iov[:], off, int(sqe.OpFlags))
+			}
+		case OpFsync:
+			if sqe.OpFlags&FsyncDatasync != 0 {
+				err = unix.Fdatasync(fd)
+			} else {
+				err = unix.Fsync(fd)
+			}
+		case OpFallocate:
+			err = unix.Fallocate(fd, sqe.Len, off, int64(sqe.Addr))
+		case OpNop:
+		default:
+			return -int32(unix.EINVAL)
+		}
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			var errno syscall.Errno
+			if !errors.As(err, &errno) {
+				errno = syscall.EIO
+			}
+			return -int32(errno)
+		}
+		return int32(n)
+	}
 }
 
 // do runs an operation through the loop.
@@ -359,14 +460,18 @@ func (r *Ring) Close() error {
 	r.sleeping = false
 	r.mu.Unlock()
 	close(r.closing)
-	laneErr := r.lane.close()
 	r.wake()
 	<-r.done
+	r.directs.Wait()
 	// The operation of a caller still inside wake() may already have completed;
 	// its write must not land on a recycled descriptor number.
 	r.wakers.Wait()
-	errs := []error{laneErr, r.loopErr}
-	if err := unix.Close(r.efd); err != nil {
+	errs := []error{r.loopErr}
+	closeEFD := func() error { return unix.Close(r.efd) }
+	if r.evf != nil {
+		closeEFD = r.evf.Close
+	}
+	if err := closeEFD(); err != nil {
 		errs = append(errs, fmt.Errorf("uring: close eventfd: %w", err))
 	}
 	return errors.Join(errs...)
@@ -385,7 +490,13 @@ func (r *Ring) loop(entries uint32, started chan<- error) {
 	defer close(r.done)
 
 	l := loopState{r: r, raw: raw}
-	l.armWake()
+	if r.blockingWait {
+		l.armWake()
+	} else if err := r.parkInPoller(raw); err != nil {
+		l.armWake()
+	} else {
+		l.parked = true
+	}
 	for {
 		r.mu.Lock()
 		q := r.queue
@@ -420,12 +531,23 @@ func (r *Ring) loop(entries uint32, started chan<- error) {
 		if l.closing && l.inflight == 0 && !l.wakeArmed && l.cancels == 0 {
 			break
 		}
-		var want uint32
-		if wait || closed {
-			want = 1
+		if l.parked {
+			// Submit and collect without blocking in the kernel; when that found
+			// nothing, wait in the Go poller for a caller's wake or a completion.
+			l.enter(0)
+			if l.reap() == 0 && (wait || l.closing) {
+				r.kernelOps.Store(int32(l.inflight))
+				l.park()
+				continue
+			}
+		} else {
+			var want uint32
+			if wait || closed {
+				want = 1
+			}
+			l.enter(want)
+			l.reap()
 		}
-		l.enter(want)
-		l.reap()
 		r.kernelOps.Store(int32(l.inflight))
 	}
 	if err := raw.Close(); err != nil {
@@ -439,6 +561,7 @@ type loopState struct {
 	raw       *RawRing
 	inflight  int  // slot operations in the SQ or the kernel, not yet completed
 	wakeArmed bool // the eventfd read is in the SQ or the kernel
+	parked    bool // the loop waits in the Go poller, not in io_uring_enter (see park)
 	closing   bool // Close was called: cancel everything, re-arm nothing
 	cancels   int  // Close's cancel requests not yet completed
 	backoff   time.Duration
@@ -473,8 +596,10 @@ func (l *loopState) cancelAll() {
 		l.sqe().PrepCancel(uint64(i), 0, tagCancel)
 		l.cancels++
 	}
-	l.sqe().PrepCancel(tagWake, 0, tagCancel)
-	l.cancels++
+	if l.wakeArmed {
+		l.sqe().PrepCancel(tagWake, 0, tagCancel)
+		l.cancels++
+	}
 }
 
 // enter submits everything published and waits for want completions (or returns early,
@@ -544,12 +669,14 @@ func (l *loopState) complete(idx uint32, res int32) {
 	s.done <- struct{}{}
 }
 
-// reap consumes every completion in the CQ.
-func (l *loopState) reap() {
+// reap consumes every completion in the CQ and returns how many there were.
+func (l *loopState) reap() int {
 	raw := l.raw
+	n := 0
 	for cqe := raw.PeekCQE(); cqe != nil; cqe = raw.PeekCQE() {
 		ud, res := cqe.UserData, cqe.Res
 		raw.AdvanceCQ(1)
+		n++
 		switch {
 		case ud < uint64(len(l.r.slots)):
 			l.complete(uint32(ud), res)
@@ -562,131 +689,48 @@ func (l *loopState) reap() {
 			l.cancels--
 		}
 	}
+	return n
 }
 
-// lane is a small ring, one operation at a time, that the calling goroutine submits to
-// and waits on itself. It is
-// set up without SINGLE_ISSUER or COOP_TASKRUN because its owner changes from call to
-// call, and so does the thread that submits and waits.
-type lane struct {
-	raw   *RawRing
-	taken atomic.Bool // a caller owns the lane
-
-	mu       sync.Mutex // the SQ: the owner's submission against Close's cancel
-	closed   bool
-	broken   bool           // io_uring_enter failed for good: callers use the loop
-	inflight bool           // the owner's operation is in the kernel
-	users    sync.WaitGroup // owners past the closed check
-	buf      unsafe.Pointer // keeps the owner's buffer reachable
-	backoff  time.Duration  // owner only
-}
-
-func (ln *lane) setup() error {
-	// Two SQ entries: the operation, and Close's cancel of it.
-	raw, err := SetupRaw(2, 0)
-	if err != nil {
+// parkInPoller makes the loop wait for work in the Go poller instead of in
+// io_uring_enter, where the ring allows it: with DEFER_TASKRUN, completions are posted
+// only when the loop enters the ring, and a completion arriving meanwhile signals an
+// eventfd registered with it (TestDeferTaskrunSignalsEventFD). Callers wake the loop
+// through the same eventfd.
+//
+// Why: a goroutine blocked in a system call keeps its P until sysmon takes it back,
+// tens of microseconds to milliseconds later. The loop spends most of its time waiting,
+// so with a ring per local component (two in hast bench, one per resource in a daemon)
+// and two CPUs, the loops held the Ps that the requests' goroutines needed: hast bench
+// randwrite-4k-qd32 with --local-io uring ran at 15.8k IOPS with GOMAXPROCS=2 and
+// 23.5k with GOMAXPROCS=8. A goroutine parked in the poller holds no P.
+func (r *Ring) parkInPoller(raw *RawRing) error {
+	if r.flags&SetupDeferTaskrun == 0 {
+		return errors.New("uring: no DEFER_TASKRUN")
+	}
+	fd := int32(r.efd)
+	if err := raw.Register(RegisterEventFD, unsafe.Pointer(&fd), 1); err != nil {
 		return err
 	}
-	if err := checkOps(raw); err != nil {
-		raw.Close()
+	if err := unix.SetNonblock(r.efd, true); err != nil {
 		return err
 	}
-	ln.raw = raw
+	r.evf = os.NewFile(uintptr(r.efd), "io_uring eventfd")
 	return nil
 }
 
-// run executes sqe on the lane if it is free; ok is false when it is not, and the
-// caller goes to the loop instead.
-func (ln *lane) run(sqe *SQE, buf unsafe.Pointer) (res int32, ok bool, err error) {
-	if ln.taken.Load() || !ln.taken.CompareAndSwap(false, true) {
-		return 0, false, nil
+// park waits until the eventfd is signalled, by a caller or by a completion, and
+// consumes the signal. A completion the kernel failed to signal would leave an
+// operation waiting; parkLimit bounds that wait, as a safety net, not as a poll.
+func (l *loopState) park() {
+	if l.inflight > 0 || l.cancels > 0 {
+		l.r.evf.SetReadDeadline(time.Now().Add(parkLimit))
+	} else {
+		l.r.evf.SetReadDeadline(time.Time{})
 	}
-	defer ln.taken.Store(false)
-	ln.mu.Lock()
-	if ln.closed {
-		ln.mu.Unlock()
-		return 0, true, ErrClosed
-	}
-	if ln.broken {
-		ln.mu.Unlock()
-		return 0, false, nil
-	}
-	ln.users.Add(1)
-	defer ln.users.Done()
-	ln.buf = buf
-	q := ln.raw.NextSQE()
-	*q = *sqe
-	q.UserData = tagLane
-	ln.inflight = true
-	toSubmit := ln.raw.flush()
-	ln.mu.Unlock()
-
-	res, err = ln.wait(toSubmit)
-	ln.mu.Lock()
-	ln.inflight = false
-	ln.buf = nil
-	ln.mu.Unlock()
-	return res, true, err
+	// Any outcome (a signal, the deadline, EINTR) sends the loop round again.
+	l.r.evf.Read(l.r.wakeBuf[:])
 }
 
-// wait submits and waits until the lane's operation has completed, skipping the
-// completions of Close's cancel requests.
-func (ln *lane) wait(toSubmit uint32) (int32, error) {
-	raw := ln.raw
-	for {
-		_, err := raw.enter(toSubmit, 1, EnterGetEvents)
-		for cqe := raw.PeekCQE(); cqe != nil; cqe = raw.PeekCQE() {
-			ud, res := cqe.UserData, cqe.Res
-			raw.AdvanceCQ(1)
-			if ud == tagLane {
-				ln.backoff = 0
-				return res, nil
-			}
-		}
-		switch err {
-		case nil, unix.EINTR:
-		case unix.EAGAIN, unix.EBUSY:
-			ln.sleep()
-		default:
-			// Withdraw whatever the kernel has not consumed (ours, perhaps a
-			// cancel from Close) so no later enter runs it.
-			ln.mu.Lock()
-			ln.broken = true
-			unsubmitted := false
-			for i := atomic.LoadUint32(raw.sqKHead); i != raw.sqeTail; i++ {
-				sqe := (*SQE)(unsafe.Add(raw.sqes, uintptr(i&raw.sqMask)*raw.sqeSize))
-				unsubmitted = unsubmitted || sqe.UserData == tagLane
-				sqe.PrepNop(tagIgnore)
-			}
-			ln.mu.Unlock()
-			if unsubmitted {
-				return 0, fmt.Errorf("io_uring_enter: %w", err)
-			}
-			// The kernel has the operation and will write its buffer: keep
-			// waiting for it rather than hand the buffer back early.
-			ln.sleep()
-		}
-		toSubmit = 0
-	}
-}
-
-func (ln *lane) sleep() {
-	ln.backoff = min(max(2*ln.backoff, 10*time.Microsecond), 10*time.Millisecond)
-	time.Sleep(ln.backoff)
-}
-
-// close cancels the lane's operation if one is in flight, waits for its owner and
-// releases the lane's ring.
-func (ln *lane) close() error {
-	ln.mu.Lock()
-	ln.closed = true
-	if ln.inflight {
-		if sqe := ln.raw.NextSQE(); sqe != nil {
-			sqe.PrepCancel(tagLane, 0, tagCancel)
-			ln.raw.enter(ln.raw.flush(), 0, 0)
-		}
-	}
-	ln.mu.Unlock()
-	ln.users.Wait()
-	return ln.raw.Close()
-}
+// parkLimit bounds a parked wait while operations are in flight.
+const parkLimit = 100 * time.Millisecond

@@ -29,6 +29,32 @@ func newRing(t testing.TB, entries uint32) *Ring {
 	return r
 }
 
+// setupDeferRaw sets up a small SINGLE_ISSUER|DEFER_TASKRUN ring owned by the calling
+// thread, which the caller has locked; it is closed when the test ends.
+func setupDeferRaw(t testing.TB) *RawRing {
+	t.Helper()
+	raw, err := SetupRaw(4, SetupSingleIssuer|SetupDeferTaskrun)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return raw
+}
+
+// testPipe returns a pipe's read and write ends, closed when the test ends.
+func testPipe(t testing.TB) [2]int {
+	t.Helper()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Close(p[0])
+		unix.Close(p[1])
+	})
+	return p
+}
+
 // tempFD creates a file of size bytes (preallocated) and opens it with extra flags.
 func tempFD(t testing.TB, size int64, flags int) int {
 	t.Helper()
@@ -164,11 +190,7 @@ func TestSingleIssuerSetup(t *testing.T) {
 	// cannot run on it.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	raw, err := SetupRaw(4, SetupSingleIssuer|SetupDeferTaskrun)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
+	raw := setupDeferRaw(t)
 	errc := make(chan error)
 	go func() {
 		runtime.LockOSThread() // a thread other than the creator's
@@ -229,62 +251,75 @@ func TestUnsupportedUnderSeccomp(t *testing.T) {
 
 func TestRingReadWriteConcurrent(t *testing.T) {
 	for _, direct := range []bool{false, true} {
-		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
-			flags := 0
-			if direct {
-				flags = unix.O_DIRECT
-			}
-			const workers, rounds = 24, 40
-			const size = workers * rounds * 8192 // no wrap-around: each block has one writer
-			fd := tempFD(t, size, flags)
-			r := newRing(t, 16) // fewer slots than goroutines: callers also queue for slots
-			var wg sync.WaitGroup
-			errs := make(chan error, workers)
-			for g := range workers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					buf, got := aligned(8192), aligned(8192)
-					for i := range rounds {
-						// Each worker owns the 8 KiB blocks ≡ g (mod workers).
-						off := int64(i*workers+g) * 8192
-						copy(buf, pattern(len(buf), byte(g*rounds+i)))
-						if n, err := r.Write(fd, buf, off); err != nil || n != len(buf) {
-							errs <- fmt.Errorf("write at %d = %d, %v", off, n, err)
-							return
+		for _, m := range ringModes {
+			t.Run(fmt.Sprintf("odirect=%v/%s", direct, m.name), func(t *testing.T) {
+				flags := 0
+				if direct {
+					flags = unix.O_DIRECT
+				}
+				const workers, rounds = 24, 40
+				const size = workers * rounds * 8192 // no wrap-around: each block has one writer
+				fd := tempFD(t, size, flags)
+				r, err := NewWithOptions(16, m.opts) // fewer slots than goroutines: callers also queue for slots
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer r.Close()
+				var wg sync.WaitGroup
+				errs := make(chan error, workers)
+				for g := range workers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						buf, got := aligned(8192), aligned(8192)
+						for i := range rounds {
+							// Each worker owns the 8 KiB blocks ≡ g (mod workers).
+							off := int64(i*workers+g) * 8192
+							copy(buf, pattern(len(buf), byte(g*rounds+i)))
+							if n, err := r.Write(fd, buf, off); err != nil || n != len(buf) {
+								errs <- fmt.Errorf("write at %d = %d, %v", off, n, err)
+								return
+							}
+							if n, err := r.Read(fd, got, off); err != nil || n != len(got) {
+								errs <- fmt.Errorf("read at %d = %d, %v", off, n, err)
+								return
+							}
+							if !bytes.Equal(got, buf) {
+								errs <- fmt.Errorf("worker %d read back other data at %d", g, off)
+								return
+							}
 						}
-						if n, err := r.Read(fd, got, off); err != nil || n != len(got) {
-							errs <- fmt.Errorf("read at %d = %d, %v", off, n, err)
-							return
-						}
-						if !bytes.Equal(got, buf) {
-							errs <- fmt.Errorf("worker %d read back other data at %d", g, off)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Fatal(err)
-			}
-			if err := r.Fsync(fd, FsyncDatasync); err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Fsync(fd, 0); err != nil {
-				t.Fatal(err)
-			}
-			// Cross-check with plain pread that the data is really in the file.
-			want := pattern(8192, byte(5*rounds+rounds-1))
-			got := aligned(8192)
-			off := int64((rounds-1)*workers+5) * 8192
-			if _, err := unix.Pread(fd, got, off); err != nil || !bytes.Equal(got, want) {
-				t.Fatalf("pread after the ring's writes: %v, equal %v", err, bytes.Equal(got, want))
-			}
-		})
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Fatal(err)
+				}
+				if err := r.Fsync(fd, FsyncDatasync); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.Fsync(fd, 0); err != nil {
+					t.Fatal(err)
+				}
+				// Cross-check with plain pread that the data is really in the file.
+				want := pattern(8192, byte(5*rounds+rounds-1))
+				got := aligned(8192)
+				off := int64((rounds-1)*workers+5) * 8192
+				if _, err := unix.Pread(fd, got, off); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("pread after the ring's writes: %v, equal %v", err, bytes.Equal(got, want))
+				}
+			})
+		}
 	}
 }
+
+// ringModes are the loop's two ways of waiting, and the direct path (over the poller
+// loop); tests on files run in each.
+var ringModes = append(loopModes[:len(loopModes):len(loopModes)], struct {
+	name string
+	opts Options
+}{"direct", Options{Direct: true}})
 
 func TestRingShortReadAtEOF(t *testing.T) {
 	fd := tempFD(t, 0, 0)
@@ -327,12 +362,7 @@ func TestRingErrorsPropagate(t *testing.T) {
 	if _, err := r.Write(ro, buf, 0); !errors.Is(err, unix.EBADF) {
 		t.Errorf("write to a read-only fd = %v, want EBADF", err)
 	}
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
+	p := testPipe(t)
 	if err := r.Fsync(p[1], FsyncDatasync); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("fdatasync of a pipe = %v, want EINVAL", err)
 	}
@@ -376,22 +406,33 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestCloseWithOperationsInFlight blocks reads on an empty pipe on the lane, in every
-// loop slot and in the queue for slots, then closes the ring: the reads in the kernel
-// are cancelled, the queued ones get ErrClosed, and nothing hangs or leaks.
+// loopModes are the two ways the loop waits: in the Go poller, and in io_uring_enter
+// as on kernels without DEFER_TASKRUN.
+var loopModes = []struct {
+	name string
+	opts Options
+}{
+	{"poller", Options{}},
+	{"enter", Options{blockingWait: true}},
+}
+
+// TestCloseWithOperationsInFlight blocks reads on an empty pipe in every loop slot and
+// in the queue for slots, then closes the ring: the reads in the kernel are cancelled,
+// the queued ones get ErrClosed, and nothing hangs or leaks.
 func TestCloseWithOperationsInFlight(t *testing.T) {
-	r, err := New(4) // 3 loop slots (one SQ entry is the wake read) + the lane
+	for _, m := range loopModes {
+		t.Run(m.name, func(t *testing.T) { checkCloseWithOperationsInFlight(t, m.opts) })
+	}
+}
+
+func checkCloseWithOperationsInFlight(t *testing.T, opts Options) {
+	r, err := NewWithOptions(4, opts) // 3 loop slots: one SQ entry is the loop's own
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
+	p := testPipe(t)
 
-	const readers = 6 // lane + 3 slots + 2 waiting for a slot
+	const readers = 5 // 3 slots + 2 waiting for a slot
 	errs := make(chan error, readers)
 	for range readers {
 		go func() {
@@ -404,10 +445,7 @@ func TestCloseWithOperationsInFlight(t *testing.T) {
 		}()
 	}
 	waitFor(t, "readers to block", func() bool {
-		r.lane.mu.Lock()
-		laneBusy := r.lane.inflight
-		r.lane.mu.Unlock()
-		return laneBusy && r.busy.Load() == readers-1 && r.kernelOps.Load() == 3
+		return r.busy.Load() == readers && r.kernelOps.Load() == 3
 	})
 	if err := r.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -424,8 +462,8 @@ func TestCloseWithOperationsInFlight(t *testing.T) {
 			t.Errorf("reader: %v", err)
 		}
 	}
-	if cancelled != 4 || closed != 2 {
-		t.Errorf("%d cancelled, %d refused; want 4 and 2", cancelled, closed)
+	if cancelled != 3 || closed != 2 {
+		t.Errorf("%d cancelled, %d refused; want 3 and 2", cancelled, closed)
 	}
 	if _, err := r.Write(p[1], []byte("x"), 0); !errors.Is(err, ErrClosed) {
 		t.Errorf("write after Close = %v", err)
@@ -442,8 +480,14 @@ func TestCloseWithOperationsInFlight(t *testing.T) {
 // completed fully, was cancelled while queued in the kernel's workers (ECANCELED), or
 // was refused with ErrClosed; and Close returns.
 func TestCloseDrainsDiskIO(t *testing.T) {
+	for _, m := range ringModes {
+		t.Run(m.name, func(t *testing.T) { checkCloseDrainsDiskIO(t, m.opts) })
+	}
+}
+
+func checkCloseDrainsDiskIO(t *testing.T, opts Options) {
 	fd := tempFD(t, 1<<20, 0)
-	r, err := New(8)
+	r, err := NewWithOptions(8, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,71 +521,89 @@ func TestCloseDrainsDiskIO(t *testing.T) {
 	wg.Wait()
 }
 
-// TestNoAllocations checks both paths: the lane (an idle ring) and the loop (the lane
-// held by a blocked read).
+// TestNoAllocations checks both paths: the loop, and the direct path of an idle
+// Direct ring.
 func TestNoAllocations(t *testing.T) {
 	fd := tempFD(t, 1<<20, 0)
-	r := newRing(t, 8)
 	buf := make([]byte, 4096)
-	write := func() {
-		if _, err := r.Write(fd, buf, 8192); err != nil {
+	for _, direct := range []bool{false, true} {
+		r, err := NewWithOptions(8, Options{Direct: direct})
+		if err != nil {
+			t.Fatal(err)
+		}
+		write := func() {
+			if _, err := r.Write(fd, buf, 8192); err != nil {
+				t.Fatal(err)
+			}
+		}
+		write() // warm up
+		if a := testing.AllocsPerRun(200, write); a != 0 {
+			t.Errorf("direct %v: %.1f allocations per write", direct, a)
+		}
+		if got := r.nDirect.Load() > 0; got != direct {
+			t.Errorf("direct %v: direct path used: %v", direct, got)
+		}
+		if err := r.Close(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write() // warm up
-	if a := testing.AllocsPerRun(200, write); a != 0 {
-		t.Errorf("lane: %.1f allocations per write", a)
-	}
-
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	blocked := make(chan error)
-	go func() {
-		_, err := r.Read(p[0], make([]byte, 1), 0)
-		blocked <- err
-	}()
-	waitFor(t, "the lane to be taken", r.lane.taken.Load)
-	write()
-	if a := testing.AllocsPerRun(200, write); a != 0 {
-		t.Errorf("loop: %.1f allocations per write", a)
-	}
-	unix.Write(p[1], []byte{1})
-	if err := <-blocked; err != nil {
-		t.Fatal(err)
-	}
 }
 
-// TestLaneEnterFailure makes the lane's io_uring_enter fail for good (its descriptor
-// number now names /dev/null, so the kernel answers EOPNOTSUPP): the operation that
-// was never submitted fails with that error, and later operations take the loop.
-func TestLaneEnterFailure(t *testing.T) {
-	r, err := New(4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	null, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(null)
-	// The rings stay mapped, so the kernel object lives on without its descriptor.
-	if err := unix.Dup3(null, r.lane.raw.fd, unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Nop(); !errors.Is(err, unix.EOPNOTSUPP) {
-		t.Fatalf("operation on the broken lane = %v, want EOPNOTSUPP", err)
-	}
+// TestDirectPath: on a Direct ring a lone operation is a plain system call, every kind
+// of operation gives the result the ring would, and after operations overlap even a
+// lone one takes the loop until the ring has been idle for busyHold.
+func TestDirectPath(t *testing.T) {
 	fd := tempFD(t, 1<<20, 0)
-	for i := range 3 {
-		if n, err := r.Write(fd, []byte("after"), int64(i)); err != nil || n != 5 {
-			t.Fatalf("write %d after the lane broke = %d, %v", i, n, err)
-		}
-	}
-	if err := r.Close(); err != nil {
+	r, err := NewWithOptions(8, Options{Direct: true})
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer r.Close()
+	data := pattern(8192, 3)
+	if n, err := r.WriteFlags(fd, data, 4096, unix.RWF_DSYNC); err != nil || n != len(data) {
+		t.Fatalf("write = %d, %v", n, err)
+	}
+	got := make([]byte, len(data))
+	if n, err := r.Read(fd, got, 4096); err != nil || n != len(got) || !bytes.Equal(got, data) {
+		t.Fatalf("read = %d, %v (equal %v)", n, err, bytes.Equal(got, data))
+	}
+	if err := r.Fsync(fd, FsyncDatasync); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE|unix.FALLOC_FL_PUNCH_HOLE, 4096, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Read(fd, got[:4096], 4096); err != nil || n != 4096 || !bytes.Equal(got[:4096], make([]byte, 4096)) {
+		t.Fatalf("read of the punched block = %d, %v", n, err)
+	}
+	if _, err := r.Read(-1, got, 0); !errors.Is(err, unix.EBADF) {
+		t.Fatalf("read of a bad descriptor = %v, want EBADF", err)
+	}
+	if n := r.nDirect.Load(); n != 6 || r.kernelOps.Load() != 0 {
+		t.Fatalf("%d operations on the direct path, want all 6", n)
+	}
+
+	// Overlap: with another operation in flight (simulated: a pipe cannot be read
+	// on the direct path, pread refuses pipes) the write takes the loop, and so does
+	// a lone write right after.
+	before := r.nDirect.Load()
+	r.hold = time.Hour // "right after", however slow this machine is
+	r.active.Add(1)
+	if _, err := r.Write(fd, data[:4096], 0); err != nil {
+		t.Fatal(err)
+	}
+	r.active.Add(-1)
+	if _, err := r.Write(fd, data[:4096], 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.nDirect.Load() - before; n != 0 {
+		t.Fatalf("%d operations took the direct path while or right after the ring was busy", n)
+	}
+	r.busyUntil.Store(0) // as if the hour had passed
+	if _, err := r.Write(fd, data[:4096], 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.nDirect.Load() - before; n != 1 {
+		t.Fatalf("a write after the hold took the direct path %d times, want 1", n)
 	}
 }
