@@ -24,7 +24,8 @@ import (
 // So a read first asks for the cached part with preadv2(RWF_NOWAIT), which never waits
 // for the disk; whatever is not cached is read through an io_uring (buffered, so the
 // page cache, readahead and coherence with pwrite are unchanged), where the goroutine
-// parks on a channel and gives its P back. The ring is made on the first miss, so tools
+// parks on a channel and gives its P back. A lone miss on an idle ring is a plain
+// pread (the ring's direct path): one blocked goroutine holds at most one P. The ring is made on the first miss, so tools
 // that open a component to read its metadata never start one. Where io_uring or
 // RWF_NOWAIT are unavailable the device falls back to what it did before.
 
@@ -35,6 +36,7 @@ type asyncReader struct {
 	noRing   atomic.Bool // io_uring cannot be used here: blocking pread
 	noNowait atomic.Bool // RWF_NOWAIT is refused for this file
 	closed   atomic.Bool // set by close, under mu
+	ringOnly bool        // tests: the ring has no direct path, every miss goes through it
 }
 
 // readFull fills p from off of fd, the way os.File.ReadAt does (io.EOF when the file
@@ -102,7 +104,11 @@ func (a *asyncReader) getRing() *uring.Ring {
 	if r := a.ring.Load(); r != nil || a.closed.Load() {
 		return r
 	}
-	r, err := uring.New(ringEntries)
+	opts := ringOptions
+	if a.ringOnly {
+		opts = uring.Options{}
+	}
+	r, err := uring.NewWithOptions(ringEntries, opts)
 	if err != nil {
 		// Unsupported or refused (memlock, policy): reading is still correct without it.
 		a.noRing.Store(true)

@@ -43,7 +43,7 @@ var benchEngines = []benchEngine{
 	}},
 	{"pwrite-cached", func(p string) (benchWriter, error) { return Open(p) }},
 	{"uring", func(p string) (benchWriter, error) { return OpenURing(p) }},
-	{"uring-cached", func(p string) (benchWriter, error) { return openURing(p, false) }},
+	{"uring-cached", func(p string) (benchWriter, error) { return openURing(p, false, ringOptions) }},
 }
 
 // BenchmarkLocalIO compares the engines on the same workloads, interleaving them in

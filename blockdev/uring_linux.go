@@ -7,7 +7,6 @@ import (
 	"math/bits"
 	"os"
 	"sync"
-	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -69,10 +68,6 @@ type uringDevice struct {
 	offAlign int64 // O_DIRECT offset and length alignment
 	memAlign uintptr
 
-	// inflight counts reads and writes between entry and return; see op.
-	inflight atomic.Int32
-	ringOnly bool // tests: every read and write goes through the ring
-
 	// mu is read-held by every operation and write-held by Close, so Close waits for
 	// operations in flight and descriptors are never closed under them.
 	mu     sync.RWMutex
@@ -85,17 +80,25 @@ type uringDevice struct {
 // returns Open's device instead; the Kind method of the result says which it is
 // ([KindURing] or [KindPwrite]).
 func OpenURing(path string) (Device, error) {
-	return openURing(path, true)
+	return openURing(path, true, ringOptions)
 }
 
-// openURing is OpenURing with O_DIRECT optional, for the benchmark that decides it.
-func openURing(path string, direct bool) (Device, error) {
+// ringOptions: a lone operation is a plain system call (see uring.Ring); at depth 1
+// the ring only adds work. Measured with hast bench lat-4k-qd1-write, --local-io uring
+// and keepdirty 512 (both nodes on this disk): the replicated write's p50 was 194 µs
+// with every write on the ring and 122–153 µs with lone writes made by pwrite, against
+// 104–117 µs for the ideal pipeline, which also writes with pwrite at depth 1.
+var ringOptions = uring.Options{Direct: true}
+
+// openURing is OpenURing with O_DIRECT and the ring's options chosen, for the
+// benchmark that decides O_DIRECT and for tests of the ring-only path.
+func openURing(path string, direct bool, opts uring.Options) (Device, error) {
 	dev, err := Open(path)
 	if err != nil {
 		return nil, err
 	}
 	f := dev.(*fileDevice)
-	ring, err := uring.New(ringEntries)
+	ring, err := uring.NewWithOptions(ringEntries, opts)
 	if errors.Is(err, uring.ErrUnsupported) {
 		return f, nil
 	}
@@ -233,49 +236,11 @@ func (d *uringDevice) transfer(write bool, p []byte, off int64, rwFlags uint32) 
 	return done, nil
 }
 
-// op does one read or write. An operation alone on the device is a plain system call
-// on the calling thread; only concurrent ones go through the ring.
-//
-// Why: at depth 1 the ring only adds work. Measured with hast bench (lat-4k-qd1-write,
-// --local-io uring, keepdirty 512, both nodes on this disk): the replicated write's p50
-// was 194 µs with every write on the ring and 129 µs with lone writes made by pwrite,
-// against 108 µs for the ideal pipeline, which also writes with pwrite at depth 1. A
-// blocking call holds its Go P while it waits, which is what made blocking reads
-// starve the NBD server at depth 32; one caller at a time holds at most one P.
 func (d *uringDevice) op(write bool, fd int, p []byte, off int64, rwFlags uint32) (int, error) {
-	alone := d.inflight.Add(1) == 1 && !d.ringOnly
-	defer d.inflight.Add(-1)
-	switch {
-	case alone && write:
-		return retryEINTR(func() (int, error) { return pwritev2(fd, p, off, rwFlags) })
-	case alone:
-		return retryEINTR(func() (int, error) { return unix.Pread(fd, p, off) })
-	case write:
+	if write {
 		return d.ring.WriteFlags(fd, p, off, rwFlags)
 	}
 	return d.ring.Read(fd, p, off)
-}
-
-// pwritev2 is pwrite with per-call flags (RWF_DSYNC).
-func pwritev2(fd int, p []byte, off int64, rwFlags uint32) (int, error) {
-	if rwFlags == 0 {
-		return unix.Pwrite(fd, p, off)
-	}
-	iov := [1][]byte{p}
-	return unix.Pwritev2(fd, iov[:], off, int(rwFlags))
-}
-
-// retryEINTR repeats a system call a signal interrupted before it moved any data.
-func retryEINTR(call func() (int, error)) (int, error) {
-	for {
-		n, err := call()
-		if err != unix.EINTR {
-			if n < 0 {
-				n = 0
-			}
-			return n, err
-		}
-	}
 }
 
 // bounced does direct I/O for a buffer whose address O_DIRECT cannot take, through an

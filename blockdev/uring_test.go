@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hast/internal/uring"
 	"hast/internal/uring/uringtest"
 )
 
@@ -32,17 +33,13 @@ type opener struct {
 var openers = []opener{
 	{"Open", Open, KindPwrite},
 	{"OpenURing", OpenURing, KindURing},
-	// A lone operation skips the ring (see uringDevice.op); this one never does, so that
+	// A lone operation skips the ring (see ringOptions); this one never does, so that
 	// every check also runs every read and write through the ring.
 	{"OpenURingRingOnly", openRingOnly, KindURing},
 }
 
 func openRingOnly(path string) (Device, error) {
-	d, err := OpenURing(path)
-	if u, ok := d.(*uringDevice); ok {
-		u.ringOnly = true
-	}
-	return d, err
+	return openURing(path, true, uring.Options{})
 }
 
 // deviceChecks is the behaviour every file-backed Device shares, whatever does its I/O.
