@@ -19,7 +19,7 @@ import (
 
 // secondaryWorkers is how many requests the secondary applies at once. Requests that overlap an
 // earlier one still in progress wait for it, so overlapping writes land in the order sent.
-const secondaryWorkers = 8
+const secondaryWorkers = 32
 
 type sreq struct {
 	cmd     uint8
