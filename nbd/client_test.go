@@ -302,7 +302,7 @@ func TestInFlightBytesLimit(t *testing.T) {
 	vol := newMemVolume(readSize, 512)
 	ts := startServer(t, newExports("disk1", vol))
 	c := dialTest(t, "unix", ts.sock, "disk1")
-	want := inFlightBytes / readSize
+	want := connInFlightBytes / readSize
 	got := runConcurrentReads(t, c, vol, 3*want, readSize, want)
 	if got != want {
 		t.Errorf("at most %d reads of %d bytes ran at once, want %d", got, readSize, want)

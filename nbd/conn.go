@@ -48,7 +48,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		log:  s.log.With().Str("remote", remote).Logger(),
 		done: make(chan struct{}),
 	}
-	c.budget.init(inFlightBytes)
+	c.budget.init(s.budget, s.connBytes)
 	return c
 }
 
@@ -202,11 +202,10 @@ func (c *conn) readLoop(ex *export) error {
 		}
 		switch r.typ {
 		case cmdWrite:
-			if !c.budget.acquire(int64(r.length)) {
+			if !c.charge(r) {
 				requestPool.Put(r)
 				return nil
 			}
-			r.held = int64(r.length)
 			r.buf = getBuf(int(r.length))
 			if _, err := io.ReadFull(c.br, r.buf); err != nil {
 				c.release(r)
@@ -215,14 +214,22 @@ func (c *conn) readLoop(ex *export) error {
 		case cmdRead:
 			// The buffer is taken by the worker; the budget here keeps the reader from
 			// accepting more data to produce than the limit.
-			if !c.budget.acquire(int64(r.length)) {
+			if !c.charge(r) {
 				requestPool.Put(r)
 				return nil
 			}
-			r.held = int64(r.length)
 		}
 		c.dispatch(r)
 	}
+}
+
+// charge takes budget for r's payload buffer, waiting for room; false means the connection is
+// stopping. What is charged is the buffer getBuf will return, size class and all, so that the
+// bound is on memory rather than on payload.
+func (c *conn) charge(r *request) bool {
+	held, ok := c.budget.acquire(int64(bufCap(int(r.length))))
+	r.held = held
+	return ok
 }
 
 func (c *conn) readErr(what string, err error) error {
@@ -429,45 +436,4 @@ func (c *conn) writeLoop() {
 			batch[i] = nil
 		}
 	}
-}
-
-// budget is a counting semaphore over bytes. The reader is its only acquirer.
-type budget struct {
-	mu     sync.Mutex
-	cond   sync.Cond
-	avail  int64
-	closed bool
-}
-
-func (b *budget) init(n int64) {
-	b.avail = n
-	b.cond.L = &b.mu
-}
-
-// acquire takes n bytes, waiting for releases; false means the connection is stopping.
-func (b *budget) acquire(n int64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for !b.closed && b.avail < n {
-		b.cond.Wait()
-	}
-	if b.closed {
-		return false
-	}
-	b.avail -= n
-	return true
-}
-
-func (b *budget) release(n int64) {
-	b.mu.Lock()
-	b.avail += n
-	b.mu.Unlock()
-	b.cond.Signal()
-}
-
-func (b *budget) close() {
-	b.mu.Lock()
-	b.closed = true
-	b.mu.Unlock()
-	b.cond.Broadcast()
 }

@@ -28,6 +28,8 @@
 // Each connection has one reader goroutine that parses requests and hands them to a pool of worker
 // goroutines (created on demand, at most 128, reused for the life of the connection), and one
 // writer goroutine that batches every reply ready at the time into a single writev. Payload
-// buffers come from size-classed pools, and the payload bytes in flight on one connection are
-// bounded so that a client cannot make the server allocate without limit.
+// buffers come from size-classed pools. The payload bytes in flight are bounded for the whole
+// server (MaxInFlightBytes, shared by all connections, granted in arrival order) so that the
+// daemon's memory does not grow with the number of clients, and for each connection (half of
+// that) so that one client that stops reading its replies cannot stall the others.
 package nbd

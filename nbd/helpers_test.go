@@ -202,11 +202,21 @@ type testServer struct {
 
 func startServer(t testing.TB, exp Exports) *testServer {
 	t.Helper()
+	return startServerWith(t, exp, nil)
+}
+
+// startServerWith is startServer with setup (if not nil) applied to the Server before it
+// serves.
+func startServerWith(t testing.TB, exp Exports, setup func(*Server)) *testServer {
+	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 	if _, ok := t.(*testing.B); ok {
 		log = zerolog.Nop()
 	}
 	s := NewServer(exp, log)
+	if setup != nil {
+		setup(s)
+	}
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	ul, err := net.Listen("unix", sock)
 	if err != nil {

@@ -40,6 +40,11 @@ type Server struct {
 	exp Exports
 	log zerolog.Logger
 
+	// budget bounds the payload bytes of all connections together; each may hold connBytes
+	// of it (see budget.go).
+	budget    *sharedBudget
+	connBytes int64
+
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
@@ -52,6 +57,8 @@ func NewServer(exp Exports, log zerolog.Logger) *Server {
 	return &Server{
 		exp:       exp,
 		log:       log,
+		budget:    newSharedBudget(MaxInFlightBytes),
+		connBytes: connInFlightBytes,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
