@@ -1,8 +1,9 @@
 package nbd
 
 import (
-	"container/list"
 	"sync"
+
+	"hast/internal/budget"
 )
 
 // Payload memory is bounded twice. Before the reader takes a buffer for a READ or a WRITE, it
@@ -18,86 +19,15 @@ import (
 //     size at a time at worst. Two such clients do hold all of it: the others then wait until
 //     one of them goes away (or is disconnected by a demotion).
 //
-// The server's budget grants bytes in arrival order, so a large request waiting for room is not
-// overtaken for ever by a stream of small ones from other connections that would each fit in
-// what it waits for.
+// The server's budget is a budget.Budget, which grants bytes in arrival order, so a large
+// request waiting for room is not overtaken for ever by a stream of small ones from other
+// connections that would each fit in what it waits for.
 
-// sharedBudget is a counting semaphore over bytes whose waiters are served first come, first
-// served. It is safe for concurrent use.
-type sharedBudget struct {
-	mu      sync.Mutex
-	size    int64
-	avail   int64
-	waiters list.List // of *budgetWaiter, oldest first
-}
-
-type budgetWaiter struct {
-	n     int64
-	ready chan struct{} // closed when the bytes are granted
-}
-
-func newSharedBudget(size int64) *sharedBudget {
-	return &sharedBudget{size: size, avail: size}
-}
-
-// acquire takes n bytes (0 < n <= size), waiting behind every earlier waiter. It returns false,
-// holding nothing, when cancel is closed before the bytes are granted.
-func (b *sharedBudget) acquire(n int64, cancel <-chan struct{}) bool {
-	b.mu.Lock()
-	if b.waiters.Len() == 0 && b.avail >= n {
-		b.avail -= n
-		b.mu.Unlock()
-		return true
-	}
-	w := &budgetWaiter{n: n, ready: make(chan struct{})}
-	e := b.waiters.PushBack(w)
-	b.mu.Unlock()
-
-	select {
-	case <-w.ready:
-		return true
-	case <-cancel:
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	select {
-	case <-w.ready:
-		// Granted while we were giving up: hand the bytes on.
-		b.avail += n
-	default:
-		b.waiters.Remove(e)
-	}
-	// Either way the head of the line may have changed, and whoever is there now may fit.
-	b.grantLocked()
-	return false
-}
-
-// release gives back n bytes taken by acquire.
-func (b *sharedBudget) release(n int64) {
-	b.mu.Lock()
-	b.avail += n
-	b.grantLocked()
-	b.mu.Unlock()
-}
-
-// grantLocked wakes waiters from the front of the line for as long as they fit.
-func (b *sharedBudget) grantLocked() {
-	for e := b.waiters.Front(); e != nil; e = b.waiters.Front() {
-		w := e.Value.(*budgetWaiter)
-		if w.n > b.avail {
-			return
-		}
-		b.avail -= w.n
-		b.waiters.Remove(e)
-		close(w.ready)
-	}
-}
-
-// budget is one connection's share of its server's budget: at most limit bytes, each also
+// connBudget is one connection's share of its server's budget: at most limit bytes, each also
 // charged to the server's. The connection's reader is the only acquirer; workers and the
 // writer release.
-type budget struct {
-	shared *sharedBudget
+type connBudget struct {
+	shared *budget.Budget
 	limit  int64
 	stop   chan struct{} // closed by close: ends a wait for the shared budget
 
@@ -108,9 +38,9 @@ type budget struct {
 }
 
 // init sets b up as a share of at most limit bytes of shared.
-func (b *budget) init(shared *sharedBudget, limit int64) {
+func (b *connBudget) init(shared *budget.Budget, limit int64) {
 	b.shared = shared
-	b.limit = min(limit, shared.size)
+	b.limit = min(limit, shared.Size())
 	b.stop = make(chan struct{})
 	b.cond.L = &b.mu
 }
@@ -122,7 +52,7 @@ func (b *budget) init(shared *sharedBudget, limit int64) {
 // A buffer larger than the connection's whole limit is charged the limit: it waits until the
 // connection holds nothing and then runs alone on it. The package's limits never do that
 // (MaxRequest fits), but it keeps any limits from deadlocking.
-func (b *budget) acquire(n int64) (int64, bool) {
+func (b *connBudget) acquire(n int64) (int64, bool) {
 	n = min(n, b.limit)
 	b.mu.Lock()
 	for !b.closed && b.held+n > b.limit {
@@ -134,7 +64,7 @@ func (b *budget) acquire(n int64) (int64, bool) {
 	}
 	b.held += n
 	b.mu.Unlock()
-	if !b.shared.acquire(n, b.stop) {
+	if !b.shared.Acquire(n, b.stop) {
 		b.mu.Lock()
 		b.held -= n
 		b.mu.Unlock()
@@ -144,8 +74,8 @@ func (b *budget) acquire(n int64) (int64, bool) {
 }
 
 // release gives back n bytes charged by acquire.
-func (b *budget) release(n int64) {
-	b.shared.release(n)
+func (b *connBudget) release(n int64) {
+	b.shared.Release(n)
 	b.mu.Lock()
 	b.held -= n
 	b.mu.Unlock()
@@ -154,7 +84,7 @@ func (b *budget) release(n int64) {
 
 // close makes acquire, waiting or not, return false from now on. Bytes held stay held until
 // they are released.
-func (b *budget) close() {
+func (b *connBudget) close() {
 	b.mu.Lock()
 	if !b.closed {
 		b.closed = true

@@ -2,24 +2,15 @@ package nbd
 
 import (
 	"bytes"
-	"fmt"
-	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"hast/internal/budget"
+	"hast/internal/testsupport"
 )
 
-// state returns the bytes available and the sizes waiting, oldest first.
-func (b *sharedBudget) state() (avail int64, queue []int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for e := b.waiters.Front(); e != nil; e = e.Next() {
-		queue = append(queue, e.Value.(*budgetWaiter).n)
-	}
-	return b.avail, queue
-}
-
-func (b *budget) heldBytes() int64 {
+func (b *connBudget) heldBytes() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.held
@@ -39,26 +30,12 @@ func (s *Server) connHeld() []int64 {
 // withBudget makes a server's budget serverBytes, of which each connection may hold connBytes.
 func withBudget(serverBytes, connBytes int64) func(*Server) {
 	return func(s *Server) {
-		s.budget = newSharedBudget(serverBytes)
+		s.budget = budget.New(serverBytes)
 		s.connBytes = connBytes
 	}
 }
 
-// waitUntil polls cond until it holds. The minute is a liveness guard, not a performance
-// assertion: every condition waited for is reached by the code under test alone, and one that
-// is not reached is a hang (the failure being tested for).
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never happened: %s", what)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-}
-
-// finish waits for done, with the same liveness guard as waitUntil.
+// finish waits for done, with the same liveness guard as testsupport.WaitUntil.
 func finish(t *testing.T, what string, done <-chan struct{}) {
 	t.Helper()
 	select {
@@ -68,153 +45,10 @@ func finish(t *testing.T, what string, done <-chan struct{}) {
 	}
 }
 
-// receive returns what ch delivers, with the same liveness guard as waitUntil.
-func receive[T any](t *testing.T, what string, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(time.Minute):
-		t.Fatalf("never returned: %s", what)
-	}
-	var zero T
-	return zero
-}
-
-func TestSharedBudget(t *testing.T) {
-	// Every step runs an operation and then checks which acquirers it let through, what is
-	// still waiting (sizes, oldest first) and what is left.
-	type step struct {
-		op      string // "acquire" (n bytes for id), "release" (what id holds), "cancel" (id's wait)
-		id      string
-		n       int64
-		granted []string
-		queue   []int64
-		avail   int64
-	}
-	tests := []struct {
-		name  string
-		size  int64
-		steps []step
-	}{
-		{"fits at once", 10, []step{
-			{op: "acquire", id: "a", n: 4, granted: []string{"a"}, avail: 6},
-			{op: "acquire", id: "b", n: 6, granted: []string{"b"}, avail: 0},
-			{op: "release", id: "a", avail: 4},
-			{op: "release", id: "b", avail: 10},
-		}},
-		{"a small request that fits waits behind a large one that does not", 10, []step{
-			{op: "acquire", id: "a", n: 8, granted: []string{"a"}, avail: 2},
-			{op: "acquire", id: "b", n: 5, queue: []int64{5}, avail: 2},
-			{op: "acquire", id: "c", n: 1, queue: []int64{5, 1}, avail: 2},
-			{op: "release", id: "a", granted: []string{"b", "c"}, avail: 4},
-		}},
-		{"a request larger than what is left goes through once the others give back", 10, []step{
-			{op: "acquire", id: "a", n: 4, granted: []string{"a"}, avail: 6},
-			{op: "acquire", id: "b", n: 4, granted: []string{"b"}, avail: 2},
-			{op: "acquire", id: "all", n: 10, queue: []int64{10}, avail: 2},
-			{op: "acquire", id: "c", n: 1, queue: []int64{10, 1}, avail: 2},
-			{op: "release", id: "a", queue: []int64{10, 1}, avail: 6},
-			{op: "release", id: "b", granted: []string{"all"}, queue: []int64{1}, avail: 0},
-			{op: "release", id: "all", granted: []string{"c"}, avail: 9},
-		}},
-		{"giving up at the head of the line lets the next one in", 10, []step{
-			{op: "acquire", id: "a", n: 8, granted: []string{"a"}, avail: 2},
-			{op: "acquire", id: "b", n: 5, queue: []int64{5}, avail: 2},
-			{op: "acquire", id: "c", n: 2, queue: []int64{5, 2}, avail: 2},
-			{op: "cancel", id: "b", granted: []string{"c"}, avail: 0},
-		}},
-		{"giving up in the middle keeps the order of the rest", 10, []step{
-			{op: "acquire", id: "a", n: 8, granted: []string{"a"}, avail: 2},
-			{op: "acquire", id: "b", n: 5, queue: []int64{5}, avail: 2},
-			{op: "acquire", id: "c", n: 3, queue: []int64{5, 3}, avail: 2},
-			{op: "acquire", id: "d", n: 1, queue: []int64{5, 3, 1}, avail: 2},
-			{op: "cancel", id: "c", queue: []int64{5, 1}, avail: 2},
-			{op: "release", id: "a", granted: []string{"b", "d"}, avail: 4},
-		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			b := newSharedBudget(tt.size)
-			type acquirer struct {
-				n      int64
-				cancel chan struct{}
-				result chan bool
-			}
-			acq := map[string]*acquirer{}
-			pending := map[string]bool{} // started, not yet returned
-			for i, s := range tt.steps {
-				switch s.op {
-				case "acquire":
-					a := &acquirer{n: s.n, cancel: make(chan struct{}), result: make(chan bool, 1)}
-					acq[s.id], pending[s.id] = a, true
-					go func() { a.result <- b.acquire(a.n, a.cancel) }()
-				case "release":
-					b.release(acq[s.id].n)
-				case "cancel":
-					close(acq[s.id].cancel)
-					if receive(t, s.id+" giving up", acq[s.id].result) {
-						t.Fatalf("step %d: %s gave up but acquire returned true", i, s.id)
-					}
-					delete(pending, s.id)
-				}
-				for _, id := range s.granted {
-					if !receive(t, "acquire of "+id, acq[id].result) {
-						t.Fatalf("step %d: acquire of %s returned false", i, id)
-					}
-					delete(pending, id)
-				}
-				// Wait for new waiters to queue up, or for one that should wait to return.
-				waitUntil(t, fmt.Sprintf("step %d: queue %v", i, s.queue), func() bool {
-					for id := range pending {
-						if len(acq[id].result) > 0 {
-							return true
-						}
-					}
-					_, q := b.state()
-					return slices.Equal(q, s.queue)
-				})
-				for id := range pending {
-					select {
-					case ok := <-acq[id].result:
-						t.Fatalf("step %d: acquire of %s returned %v, want it still waiting", i, id, ok)
-					default:
-					}
-				}
-				if avail, q := b.state(); avail != s.avail || !slices.Equal(q, s.queue) {
-					t.Fatalf("step %d: %d bytes available and %v waiting, want %d and %v", i, avail, q, s.avail, s.queue)
-				}
-			}
-		})
-	}
-}
-
-// TestSharedBudgetGiveUpWhileGranted races a release that grants a waiter against the waiter
-// giving up: whichever wins, no byte may be lost or counted twice.
-func TestSharedBudgetGiveUpWhileGranted(t *testing.T) {
-	b := newSharedBudget(1)
-	for range 500 {
-		if !b.acquire(1, nil) {
-			t.Fatal("acquire of a free budget failed")
-		}
-		cancel := make(chan struct{})
-		got := make(chan bool, 1)
-		go func() { got <- b.acquire(1, cancel) }()
-		waitUntil(t, "the second acquire waits", func() bool { _, q := b.state(); return len(q) == 1 })
-		go b.release(1)
-		close(cancel)
-		if <-got {
-			b.release(1)
-		}
-		waitUntil(t, "everything is back", func() bool { a, q := b.state(); return a == 1 && len(q) == 0 })
-	}
-}
-
-// TestBudgetStuckConnection: a connection whose requests never finish (a client that stopped
 // reading its replies) holds its own limit and no more, and the others go on with the rest.
 func TestBudgetStuckConnection(t *testing.T) {
-	shared := newSharedBudget(10)
-	var stuck, other budget
+	shared := budget.New(10)
+	var stuck, other connBudget
 	stuck.init(shared, 5)
 	other.init(shared, 5)
 	// The stuck connection's reader keeps taking budget for requests that never complete.
@@ -227,7 +61,7 @@ func TestBudgetStuckConnection(t *testing.T) {
 			}
 		}
 	}()
-	waitUntil(t, "the stuck connection holds its limit", func() bool { return stuck.heldBytes() == 5 })
+	testsupport.WaitUntil(t, "the stuck connection holds its limit", func() bool { return stuck.heldBytes() == 5 })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -251,8 +85,8 @@ func TestBudgetStuckConnection(t *testing.T) {
 // TestBudgetOversized: a request larger than a connection's limit is charged the limit, so it
 // waits until its connection holds nothing and then runs alone instead of waiting for ever.
 func TestBudgetOversized(t *testing.T) {
-	shared := newSharedBudget(10)
-	var b budget
+	shared := budget.New(10)
+	var b connBudget
 	b.init(shared, 4)
 	small, ok := b.acquire(1)
 	if !ok || small != 1 {
@@ -272,7 +106,7 @@ func TestBudgetOversized(t *testing.T) {
 	if !r.ok || r.held != 4 {
 		t.Fatalf("acquire(9) with a limit of 4 = %d, %v; want 4, true", r.held, r.ok)
 	}
-	if avail, _ := shared.state(); avail != 6 {
+	if avail, _ := shared.State(); avail != 6 {
 		t.Errorf("shared budget has %d bytes left, want 6", avail)
 	}
 	b.release(r.held)
@@ -281,12 +115,12 @@ func TestBudgetOversized(t *testing.T) {
 // TestBudgetClose: closing a connection's budget ends a wait for the connection's limit and a
 // wait in the server's line, and leaves what is held to be released.
 func TestBudgetClose(t *testing.T) {
-	shared := newSharedBudget(10)
-	var full, queued, filler budget
+	shared := budget.New(10)
+	var full, queued, filler connBudget
 	full.init(shared, 5)
 	queued.init(shared, 5)
 	filler.init(shared, 5)
-	for _, b := range []*budget{&full, &filler} {
+	for _, b := range []*connBudget{&full, &filler} {
 		if _, ok := b.acquire(5); !ok {
 			t.Fatal("acquire of a free budget failed")
 		}
@@ -294,7 +128,7 @@ func TestBudgetClose(t *testing.T) {
 	results := make(chan bool, 2)
 	go func() { _, ok := full.acquire(1); results <- ok }()   // waits for its own limit
 	go func() { _, ok := queued.acquire(3); results <- ok }() // waits in the server's line
-	waitUntil(t, "a wait in the server's line", func() bool { _, q := shared.state(); return len(q) == 1 })
+	testsupport.WaitUntil(t, "a wait in the server's line", func() bool { _, q := shared.State(); return len(q) == 1 })
 	full.close()
 	queued.close()
 	for range 2 {
@@ -302,7 +136,7 @@ func TestBudgetClose(t *testing.T) {
 			t.Fatal("acquire on a closed budget returned true")
 		}
 	}
-	if avail, q := shared.state(); avail != 0 || len(q) != 0 {
+	if avail, q := shared.State(); avail != 0 || len(q) != 0 {
 		t.Errorf("after close: %d bytes available and %v waiting, want 0 and none", avail, q)
 	}
 	if h := queued.heldBytes(); h != 0 {
@@ -310,7 +144,7 @@ func TestBudgetClose(t *testing.T) {
 	}
 	full.release(5)
 	filler.release(5)
-	if avail, _ := shared.state(); avail != 10 {
+	if avail, _ := shared.State(); avail != 10 {
 		t.Errorf("%d bytes available after every release, want 10", avail)
 	}
 }
@@ -393,9 +227,9 @@ func TestServerBudgetSharedByConnections(t *testing.T) {
 	t.Cleanup(openGate)
 	// Nothing leaves the volume until the gate opens, so what is inside only grows: either it
 	// passes the bound, or it reaches it with the remaining readers queued for the budget.
-	waitUntil(t, "the server's budget is used up", func() bool {
+	testsupport.WaitUntil(t, "the server's budget is used up", func() bool {
 		inside, _ := vol.load()
-		avail, queue := ts.budget.state()
+		avail, queue := ts.budget.State()
 		return inside > serverBytes || inside == serverBytes && avail == 0 && len(queue) > 0
 	})
 	if _, peak := vol.load(); peak != serverBytes {
@@ -427,7 +261,7 @@ func TestServerStuckClient(t *testing.T) {
 	for i := range 16 {
 		stuck.request(0, cmdRead, uint64(i), 0, reqSize, nil)
 	}
-	waitUntil(t, "the stuck client holds its share", func() bool {
+	testsupport.WaitUntil(t, "the stuck client holds its share", func() bool {
 		h := ts.connHeld()
 		return len(h) == 1 && h[0] >= connBytes
 	})

@@ -33,7 +33,7 @@ type conn struct {
 	replies  chan *request
 	nworkers int // touched by the reader only
 	workers  sync.WaitGroup
-	budget   budget
+	budget   connBudget
 }
 
 func newConn(s *Server, nc net.Conn) *conn {

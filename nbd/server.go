@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"hast/internal/budget"
 	"hast/replicate"
 )
 
@@ -42,7 +43,7 @@ type Server struct {
 
 	// budget bounds the payload bytes of all connections together; each may hold connBytes
 	// of it (see budget.go).
-	budget    *sharedBudget
+	budget    *budget.Budget
 	connBytes int64
 
 	mu        sync.Mutex
@@ -57,7 +58,7 @@ func NewServer(exp Exports, log zerolog.Logger) *Server {
 	return &Server{
 		exp:       exp,
 		log:       log,
-		budget:    newSharedBudget(MaxInFlightBytes),
+		budget:    budget.New(MaxInFlightBytes),
 		connBytes: connInFlightBytes,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),

@@ -1,6 +1,7 @@
-// Package testsupport holds what the end-to-end test packages (appliance, scenario) share: the
-// race-enabled hast binary their daemons run as, and a buffer the CLI and daemons write to from
-// several goroutines. Only tests import it.
+// Package testsupport holds what test packages share: the race-enabled hast binary the
+// end-to-end packages' (appliance, scenario) daemons run as, a buffer the CLI and daemons write
+// to from several goroutines, and a poll for a condition reached by the code under test. Only
+// tests import it.
 package testsupport
 
 import (
@@ -10,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"testing"
+	"time"
 )
 
 // BuildRaceBinary builds the hast binary with the race detector into a new temporary directory
@@ -45,4 +48,18 @@ func (o *SyncBuffer) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.b.String()
+}
+
+// WaitUntil polls cond until it holds. The minute is a liveness guard, not a performance
+// assertion: every condition waited for is reached by the code under test alone, and one that
+// is not reached is a hang (the failure being tested for).
+func WaitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never happened: %s", what)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
