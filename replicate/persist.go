@@ -21,6 +21,12 @@ type persister struct {
 	stop    bool
 	durable []byte // our copy of the image last marked durable
 	updates uint64 // bitmap writes, for statistics
+	// next is closed when the bitmap write that will cover the writers waiting now has
+	// finished (or failed, or the persister stopped). Each round takes it and puts a new one
+	// in its place, so a writer is woken once, by the round that serves it, instead of by
+	// every round (with 32 writers waiting that was 3.5 wake-ups per write).
+	next       chan struct{}
+	nextClosed bool
 	// lastClear is when bits were last cleared on disk (loop goroutine only).
 	lastClear time.Time
 	// kick wakes the loop out of a lazy round's batching delay when a writer needs a write now.
@@ -31,7 +37,8 @@ type persister struct {
 const lazyDelay = 20 * time.Millisecond
 
 func newPersister(p *Primary, durable []byte) *persister {
-	ps := &persister{p: p, durable: append([]byte(nil), durable...), kick: make(chan struct{}, 1)}
+	ps := &persister{p: p, durable: append([]byte(nil), durable...), kick: make(chan struct{}, 1),
+		next: make(chan struct{})}
 	ps.cond.L = &ps.mu
 	go ps.loop()
 	return ps
@@ -40,17 +47,18 @@ func newPersister(p *Primary, durable []byte) *persister {
 // now blocks until the activemap state as of the call is durable.
 func (ps *persister) now() error {
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
 	ps.want++
 	target := ps.want
+	served := ps.next
 	ps.cond.Broadcast()
 	select {
 	case ps.kick <- struct{}{}:
 	default:
 	}
-	for ps.done < target && ps.err == nil && !ps.stop {
-		ps.cond.Wait()
-	}
+	ps.mu.Unlock()
+	<-served
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
 	if ps.err != nil {
 		return ps.err
 	}
@@ -75,6 +83,15 @@ func (ps *persister) close() {
 	ps.mu.Unlock()
 }
 
+// releaseAllLocked wakes every writer, present and future: the persister has stopped or
+// failed, and now reports which (ps.mu held).
+func (ps *persister) releaseAllLocked() {
+	if !ps.nextClosed {
+		ps.nextClosed = true
+		close(ps.next)
+	}
+}
+
 func (ps *persister) loop() {
 	for {
 		ps.mu.Lock()
@@ -82,6 +99,7 @@ func (ps *persister) loop() {
 			ps.cond.Wait()
 		}
 		if ps.stop && ps.want == ps.done {
+			ps.releaseAllLocked()
 			ps.mu.Unlock()
 			return
 		}
@@ -106,6 +124,9 @@ func (ps *persister) loop() {
 		gen := ps.want
 		urgent = gen != ps.done
 		ps.lazy = false
+		// Writers that asked up to gen wait on this round's channel; later ones on the next.
+		served := ps.next
+		ps.next = make(chan struct{})
 		ps.mu.Unlock()
 
 		err := ps.writeOnce(urgent)
@@ -113,11 +134,12 @@ func (ps *persister) loop() {
 		ps.mu.Lock()
 		if err != nil {
 			ps.err = err
+			ps.releaseAllLocked()
 		} else {
 			ps.done = gen
 			ps.updates++
 		}
-		ps.cond.Broadcast()
+		close(served)
 		ps.mu.Unlock()
 		if err != nil {
 			ps.p.log.Error().Err(err).Msg("unable to write activemap; writes to new extents fail")
