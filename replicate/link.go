@@ -275,17 +275,18 @@ func (l *link) sendLocked(batch []*rreq) error {
 		e.add(l.version, payload)
 	}
 	l.frames.Add(uint64(len(batch)))
+	// A reply to any frame of this batch comes after the write began, and the kernel has
+	// copied that frame's payload before the peer can have it; but the Go memory model sees
+	// no edge through a socket. This store, before the write, and the load in recvLoop give
+	// one, so an owner reusing a buffer after its reply is ordered after the encoding's reads
+	// of it (checksums, compression), and the race detector agrees. After the write it would
+	// miss a reply to an early frame that arrives while later ones are still being written.
+	// (A TLS link reads the payloads again during the write, but sends each record with
+	// write(2), which the race detector orders before any later read(2).)
+	l.batches.Add(1)
 	err := l.write(e.buffers())
 	e.release()
-	if err != nil {
-		return err
-	}
-	// The kernel orders this batch's reads of the payloads before the peer's replies, but
-	// the Go memory model sees no edge through a socket: this store and the load in
-	// recvLoop give one, so an owner reusing a buffer after its reply is ordered after the
-	// encoding (and the race detector agrees).
-	l.batches.Add(1)
-	return nil
+	return err
 }
 
 func (l *link) write(bufs net.Buffers) error {
@@ -306,7 +307,7 @@ func (l *link) recvLoop() {
 			return
 		}
 		l.lastRecv.Store(time.Now().UnixNano())
-		l.batches.Load() // pairs with the store after each send (see sendLoop)
+		l.batches.Load() // pairs with the store before each batch is written (see sendLocked)
 		seq, ok := msg.Uint64("seq")
 		if !ok {
 			l.fail(errors.New("reply without seq"))
