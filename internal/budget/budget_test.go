@@ -4,23 +4,9 @@ import (
 	"fmt"
 	"slices"
 	"testing"
-	"time"
 
 	"hast/internal/testsupport"
 )
-
-// receive returns what ch delivers, with the same liveness guard as testsupport.WaitUntil.
-func receive[T any](t *testing.T, what string, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(time.Minute):
-		t.Fatalf("never returned: %s", what)
-	}
-	var zero T
-	return zero
-}
 
 func TestBudget(t *testing.T) {
 	// Every step runs an operation and then checks which acquirers it let through, what is
@@ -94,13 +80,13 @@ func TestBudget(t *testing.T) {
 					b.Release(acq[s.id].n)
 				case "cancel":
 					close(acq[s.id].cancel)
-					if receive(t, s.id+" giving up", acq[s.id].result) {
+					if testsupport.Receive(t, s.id+" giving up", acq[s.id].result) {
 						t.Fatalf("step %d: %s gave up but acquire returned true", i, s.id)
 					}
 					delete(pending, s.id)
 				}
 				for _, id := range s.granted {
-					if !receive(t, "acquire of "+id, acq[id].result) {
+					if !testsupport.Receive(t, "acquire of "+id, acq[id].result) {
 						t.Fatalf("step %d: acquire of %s returned false", i, id)
 					}
 					delete(pending, id)

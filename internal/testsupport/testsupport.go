@@ -1,7 +1,7 @@
 // Package testsupport holds what test packages share: the race-enabled hast binary the
 // end-to-end packages' (appliance, scenario) daemons run as, a buffer the CLI and daemons write
-// to from several goroutines, and a poll for a condition reached by the code under test. Only
-// tests import it.
+// to from several goroutines, and waits for what the code under test alone must bring about.
+// Only tests import it.
 package testsupport
 
 import (
@@ -62,4 +62,17 @@ func WaitUntil(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
+}
+
+// Receive returns what ch delivers, with the same liveness guard as WaitUntil.
+func Receive[T any](t testing.TB, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(time.Minute):
+		t.Fatalf("never returned: %s", what)
+	}
+	var zero T
+	return zero
 }
