@@ -254,8 +254,8 @@ func (d *Daemon) openControl() error {
 // and the binary's text, about 12 MiB, is resident besides. Without a limit the collector lets
 // the heap grow to twice what was live at the last collection (GOGC=100): some 160 MiB with the
 // payload budget full. The limit is soft: a daemon whose live data exceeds it (a FUSE mount,
-// async replication queueing behind a slow link) spends more CPU on collections, at most about
-// half, instead of failing.
+// async resources whose peers fall behind: up to replicate.AsyncBufferBytes each) spends more
+// CPU on collections, at most about half, instead of failing.
 const memoryLimit = nbd.MaxInFlightBytes + 32<<20
 
 // Run serves until ctx is cancelled or SIGTERM/SIGINT arrives; SIGHUP reloads hast.conf.

@@ -43,6 +43,15 @@ const (
 	MaxRecvIO = 1 << 20
 	// MaxInflight bounds requests in flight per resource (HAST: 256).
 	MaxInflight = 1024
+	// AsyncBufferBytes bounds, per resource, the copies of writes an async primary keeps
+	// between acknowledging them (once the local disk has them) and the peer's reply, like
+	// DRBD's send buffer: when the peer falls this far behind, async writes wait for it instead
+	// of growing the daemon's memory. A write larger than this is charged all of it, so it
+	// waits until no other copy is held. 32 MiB is a quarter of a second of a gigabit link, and
+	// one NBD request of the largest size. The bound is per resource: with several async
+	// resources whose peers all fall behind, the daemon holds this much for each of them on top
+	// of the NBD server's budget (see appliance/daemon.go).
+	AsyncBufferBytes = 32 << 20
 )
 
 // Dialer opens outgoing connections; tests substitute one that injects faults.
@@ -99,6 +108,9 @@ type Config struct {
 	OnDiscardSaved func(path string)
 	// OnEvent is called for hook events; it must not block.
 	OnEvent func(Event)
+
+	// asyncBuffer replaces AsyncBufferBytes when set (tests).
+	asyncBuffer int64
 }
 
 func (c *Config) withDefaults() Config {
@@ -120,6 +132,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if cc.OnEvent == nil {
 		cc.OnEvent = func(Event) {}
+	}
+	if cc.asyncBuffer <= 0 {
+		cc.asyncBuffer = AsyncBufferBytes
 	}
 	return cc
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"hast/blockdev"
+	"hast/internal/budget"
 	"hast/internal/hist"
 	"hast/replicate/proto"
 )
@@ -81,6 +82,8 @@ type Primary struct {
 	rl   *rangeLock
 	lnk  atomic.Pointer[link]
 	sem  chan struct{}
+	// copies bounds the bytes of async writes' copies held for the peer (AsyncBufferBytes).
+	copies *budget.Budget
 
 	st struct {
 		reads, writes, deletes, flushes        atomic.Uint64
@@ -142,6 +145,7 @@ func OpenPrimary(cfg Config, dev blockdev.Device, log zerolog.Logger) (*Primary,
 		md: *md, am: am, stale: map[int]struct{}{},
 		unflushed: make([]bool, am.Extents()),
 		sem:       make(chan struct{}, MaxInflight),
+		copies:    budget.New(cfg.asyncBuffer),
 		linkChg:   make(chan struct{}, 1),
 	}
 	p.rl = newRangeLock(am.Extents(), p.eshift)
@@ -262,7 +266,8 @@ type wop struct {
 	p        *Primary
 	off, n   int64
 	cmd      uint8
-	buf      []byte // owned copy (async mode)
+	buf      []byte // owned copy for the remote leg (async mode), see copyForPeer
+	held     int64  // bytes of p.copies charged for buf
 	pendAck  atomic.Int32
 	pendDone atomic.Int32
 	remErr   atomic.Bool
@@ -361,7 +366,9 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 	var reqs []*rreq
 	if l != nil {
 		if mode == ModeAsync && cmd == proto.CmdWrite {
-			w.buf = append([]byte(nil), b...)
+			if !p.copyForPeer(w, b) {
+				return fail(ErrNotPrimary)
+			}
 			data = w.buf
 		}
 		reqs = p.splitRequests(cmd, data, off, n, mode, w)
@@ -459,6 +466,9 @@ func (p *Primary) splitRequests(cmd uint8, data []byte, off, n int64, mode Mode,
 // finishWrite runs when both legs are done: the extent is cleared unless the remote leg failed
 // or never ran, in which case it stays dirty for the next synchronisation.
 func (p *Primary) finishWrite(w *wop) {
+	if w.buf != nil {
+		p.dropCopy(w)
+	}
 	p.mu.Lock()
 	// A link that went down while the local leg was still running has already turned its
 	// unflushed extents dirty; this one must be made dirty here, or a peer that lost power
@@ -484,6 +494,32 @@ func (p *Primary) finishWrite(w *wop) {
 	}
 	p.rl.unlockWrite(w.off, w.n)
 	<-p.sem
+}
+
+// copyForPeer gives w a copy of b for its remote leg: in async mode the caller gets its buffer
+// back once the local disk has the data, long before the peer does. The copy is charged to
+// p.copies first, so a peer that falls behind makes writers wait here instead of growing memory
+// (AsyncBufferBytes). It returns false, holding nothing, when the primary is closing.
+func (p *Primary) copyForPeer(w *wop, b []byte) bool {
+	n := min(int64(len(b)), p.copies.Size())
+	if !p.copies.Acquire(n, p.ctx.Done()) {
+		return false
+	}
+	if p.ctx.Err() != nil {
+		// Granted by the link's shutdown, which Close starts after cancelling: give up too.
+		p.copies.Release(n)
+		return false
+	}
+	w.held = n
+	w.buf = append([]byte(nil), b...)
+	return true
+}
+
+// dropCopy gives back w's copy once both legs are done (finishWrite): every remote request
+// made of it (splitRequests) has had its onDone by then.
+func (p *Primary) dropCopy(w *wop) {
+	w.buf = nil
+	p.copies.Release(w.held)
 }
 
 // markStaleLocked records that the peer has a write our disk failed to take: the extents are
