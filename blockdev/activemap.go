@@ -57,6 +57,13 @@ type ActiveMap struct {
 	img     []byte // current image, maintained bit by bit
 	durable []byte // last image reported on disk
 	diff    int    // number of bits in which img and durable differ
+
+	// Clearing a bit on disk needs the extent's data flushed first (metaflush). A cleaning
+	// round (StartClean, a data flush, FinishClean) proves that for the extents that were
+	// idle when it began and were not written while it ran; their bits go to flushed, and
+	// FlushedImage may then clear them without a flush of its own.
+	touched []byte // extents written since the last StartClean
+	flushed []byte // extents whose data is known flushed since they were last written
 }
 
 // NewActiveMap builds an empty map over dataSize bytes of data area. extentSize must be
@@ -98,6 +105,8 @@ func NewActiveMap(dataSize int64, extentSize uint32, keepDirty int, sectorSize i
 		slotNext:   make([]int32, slots),
 		img:        make([]byte, mapSize),
 		durable:    make([]byte, mapSize),
+		touched:    make([]byte, mapSize),
+		flushed:    make([]byte, mapSize),
 	}
 	a.resetLRU()
 	return a, nil
@@ -185,6 +194,9 @@ func (a *ActiveMap) refresh(e int, wasDirty bool) (lost bool) {
 
 func (a *ActiveMap) setSync(e int) {
 	was := a.isDirty(e)
+	// Conservative: a resync may write this extent's data (a pull), so its bit is cleared
+	// only after a cleaning round that starts once it is idle again.
+	a.flushed[e>>3] &^= 1 << (e & 7)
 	if !a.hasSync(e) {
 		a.sync[e>>6] |= 1 << (e & 63)
 		a.nsync++
@@ -255,6 +267,8 @@ func (a *ActiveMap) WriteStart(off, length int64) (mustPersist bool) {
 	for e := first; e <= last; e++ {
 		was := a.isDirty(e)
 		a.inflight[e]++
+		a.touched[e>>3] |= 1 << (e & 7)
+		a.flushed[e>>3] &^= 1 << (e & 7)
 		a.touch(e)
 		a.refresh(e, was)
 		if !a.isDurable(e) {
@@ -348,6 +362,7 @@ func (a *ActiveMap) Load(bitmap []byte) error {
 	clear(a.inflight)
 	clear(a.sync)
 	clear(a.img)
+	clear(a.flushed)
 	a.resetLRU()
 	a.nsync, a.ndirty = 0, 0
 	for e := 0; e < a.nextents; e++ {
@@ -456,6 +471,53 @@ func (a *ActiveMap) MarkDurable(img []byte) {
 	for ; i < a.mapSize; i++ {
 		a.diff += bits.OnesCount8(a.img[i] ^ a.durable[i])
 	}
+}
+
+// StartClean begins a cleaning round: it returns the extents whose bits are set on disk
+// but clear in the current image (idle, out of the LRU, nothing to sync), and starts
+// recording writes. The caller then flushes the data and calls FinishClean with the
+// returned value: every write to those extents completed before this call, so that
+// flush covers them, unless a new write started meanwhile.
+func (a *ActiveMap) StartClean() (candidates []byte) {
+	candidates = make([]byte, a.mapSize)
+	for i := range candidates {
+		candidates[i] = a.durable[i] &^ a.img[i] &^ a.flushed[i]
+	}
+	clear(a.touched)
+	return candidates
+}
+
+// FinishClean records that the data flush begun after StartClean returned candidates
+// has completed: the candidates not written since may now be cleared on disk.
+func (a *ActiveMap) FinishClean(candidates []byte) {
+	if len(candidates) < a.mapSize {
+		return
+	}
+	for i := range a.flushed {
+		a.flushed[i] |= candidates[i] &^ a.touched[i]
+	}
+}
+
+// CleanPending reports whether some bit is set on disk, clear in the current image and
+// not yet proven flushed: a cleaning round would let it be cleared.
+func (a *ActiveMap) CleanPending() bool {
+	for i := range a.img {
+		if a.durable[i]&^a.img[i]&^a.flushed[i] != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// FlushedImage appends to dst[:0] the image that may be written without flushing data
+// first: the current image, except that a bit set on disk stays set until a cleaning
+// round has proven its extent's data flushed.
+func (a *ActiveMap) FlushedImage(dst []byte) []byte {
+	dst = append(dst[:0], a.img...)
+	for i := range dst {
+		dst[i] |= a.durable[i] &^ a.flushed[i]
+	}
+	return dst
 }
 
 // Differs reports whether the current image differs from the durable one (HAST's

@@ -666,3 +666,97 @@ func BenchmarkActiveMapNextSync1TiB(b *testing.B) {
 		}
 	}
 }
+
+// TestActiveMapCleaning: a bit set on disk is cleared by FlushedImage only after a cleaning
+// round (StartClean, the caller's flush, FinishClean) that began when its extent was idle
+// and saw no write to it before finishing.
+func TestActiveMapCleaning(t *testing.T) {
+	type step struct {
+		op   string // start, done, sync, syncdone, persist, clean-start, clean-finish
+		e    int
+		want []int // FlushedImage after the step (nil: not checked)
+		// pending, when want is checked: whether a cleaning round would clear more (bits
+		// set on disk, idle, not proven flushed).
+		pending bool
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"idle extent clears after a round", []step{
+			{op: "start", e: 1}, {op: "persist"}, {op: "done", e: 1, want: []int{1}, pending: true},
+			{op: "clean-start"}, {op: "persist", want: []int{1}, pending: true},
+			{op: "clean-finish", want: []int{}},
+		}},
+		{"a write during the round keeps the bit", []step{
+			{op: "start", e: 1}, {op: "persist"}, {op: "done", e: 1},
+			{op: "clean-start"},
+			{op: "start", e: 1}, {op: "done", e: 1},
+			{op: "clean-finish", want: []int{1}, pending: true},
+			{op: "clean-start"}, {op: "clean-finish", want: []int{}},
+		}},
+		{"a write in flight at the start is not a candidate", []step{
+			{op: "start", e: 2}, {op: "persist"},
+			{op: "clean-start"}, {op: "done", e: 2},
+			{op: "clean-finish", want: []int{2}, pending: true},
+			{op: "clean-start"}, {op: "clean-finish", want: []int{}},
+		}},
+		{"a write after the clear needs a new round", []step{
+			{op: "start", e: 3}, {op: "persist"}, {op: "done", e: 3},
+			{op: "clean-start"}, {op: "clean-finish"}, {op: "persist", want: []int{}},
+			{op: "start", e: 3}, {op: "persist"}, {op: "done", e: 3, want: []int{3}, pending: true},
+			{op: "clean-start"}, {op: "clean-finish", want: []int{}},
+		}},
+		{"flushed, then written again before the bitmap write", []step{
+			{op: "start", e: 4}, {op: "persist"}, {op: "done", e: 4},
+			{op: "clean-start"}, {op: "clean-finish"},
+			{op: "start", e: 4}, {op: "done", e: 4, want: []int{4}, pending: true},
+		}},
+		{"a synchronised extent needs a round after its sync", []step{
+			{op: "sync", e: 5}, {op: "persist"},
+			{op: "clean-start"}, {op: "clean-finish", want: []int{5}},
+			{op: "syncdone", e: 5, want: []int{5}, pending: true},
+			{op: "clean-start"}, {op: "clean-finish", want: []int{}},
+		}},
+		{"proven flushed, then synchronised (a pull may write it)", []step{
+			{op: "start", e: 6}, {op: "persist"}, {op: "done", e: 6},
+			{op: "clean-start"}, {op: "clean-finish"},
+			{op: "sync", e: 6}, {op: "syncdone", e: 6, want: []int{6}, pending: true},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newTestMap(t, 0)
+			var cand []byte
+			for i, s := range tt.steps {
+				switch s.op {
+				case "start":
+					a.WriteStart(ext(s.e), 1)
+				case "done":
+					a.WriteDone(ext(s.e), 1)
+				case "sync":
+					a.NeedSync(ext(s.e), 1)
+				case "syncdone":
+					_, epoch, ok := a.NextSync(s.e)
+					if !ok || !a.SyncDone(s.e, epoch) {
+						t.Fatalf("step %d: SyncDone(%d) failed", i, s.e)
+					}
+				case "persist":
+					a.MarkDurable(a.FlushedImage(nil))
+				case "clean-start":
+					cand = a.StartClean()
+				case "clean-finish":
+					a.FinishClean(cand)
+				}
+				if s.want != nil {
+					if got := setBits(a.FlushedImage(nil)); !slices.Equal(got, s.want) && !(len(got) == 0 && len(s.want) == 0) {
+						t.Fatalf("step %d (%s %d): FlushedImage has %v, want %v", i, s.op, s.e, got, s.want)
+					}
+					if got := a.CleanPending(); got != s.pending {
+						t.Fatalf("step %d (%s %d): CleanPending = %v, want %v", i, s.op, s.e, got, s.pending)
+					}
+				}
+			}
+		})
+	}
+}

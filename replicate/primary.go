@@ -181,7 +181,7 @@ func (p *Primary) Close() error {
 	for i := 0; i < cap(p.sem); i++ {
 		p.sem <- struct{}{}
 	}
-	err := p.pers.now()
+	err := p.pers.settle()
 	p.pers.close()
 	return err
 }

@@ -229,7 +229,7 @@ func (p *Primary) syncLoop(l *link) {
 		p.log.Error().Err(err).Msg("unable to record that the nodes are in sync")
 		return
 	}
-	if err := p.pers.now(); err != nil {
+	if err := p.pers.settle(); err != nil {
 		p.log.Error().Err(err).Msg("unable to write activemap after sync")
 	}
 	if l.features&FeatSyncDone != 0 {
