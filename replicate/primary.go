@@ -511,13 +511,27 @@ func (p *Primary) copyForPeer(w *wop, b []byte) bool {
 		return false
 	}
 	w.held = n
-	w.buf = append([]byte(nil), b...)
+	w.buf = getBuf(len(b))
+	copy(w.buf, b)
 	return true
 }
 
-// dropCopy gives back w's copy once both legs are done (finishWrite): every remote request
-// made of it (splitRequests) has had its onDone by then.
+// dropCopy gives back w's copy once both legs are done (finishWrite). By then every remote
+// request made of it (splitRequests) has had its onDone, and nothing else refers to the copy:
+// the local leg writes from the caller's buffer, nothing resubmits a request, and
+// synchronisation reads the disks. The budget is released in every case. The buffer goes back
+// to the pool only if each of those requests got a successful reply: the peer has received the
+// whole frame then, so the link is done with it — its encoding (checksum, compression) comes
+// before the write, ordered before the reply by l.batches (see sendLocked), and the kernel has
+// copied the bytes out before the peer could have them (a peer that replied to a frame before
+// reading it would read whatever the buffer held next, as with the caller's buffer in the other
+// modes, which is reused once WriteAt returns). A request failed by the link's loss may
+// still be in the middle of being encoded or written by a send under way, so its copy is left to
+// the garbage collector.
 func (p *Primary) dropCopy(w *wop) {
+	if !w.remErr.Load() {
+		putBuf(w.buf)
+	}
 	w.buf = nil
 	p.copies.Release(w.held)
 }
