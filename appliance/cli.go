@@ -43,7 +43,7 @@ const usage = `usage: hast <verb> [options] ...
   hast split-brain [-c config] [--node NAME] [-o json] name   (what diverged when both nodes were primary)
   hast resolve [-c config] [--node NAME] --keep local|remote name   (saves the losing side, resyncs only what diverged)
   hast bench   [--quick] [-o json] [--png FILE] [--fio] ...   (benchmarks with same-run baselines; hast bench -h)
-  hast bench --daemon-rss [--resources N] [--depth N] [--size SIZE] [--runtime D]   (two real daemons' memory under load)
+  hast bench --daemon-rss [--resources N] [--mode M] [--depth N] [--size SIZE] [--runtime D]   (two real daemons' memory under load)
   hast demo    [--keep] [--size BYTES]
 Invoked as hastctl, the verb is the first argument; invoked as hastd, it runs the daemon.
 `

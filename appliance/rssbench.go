@@ -33,6 +33,7 @@ type RSSOptions struct {
 	Dir       string        // working directory (disks, logs); a temporary one when empty
 	Exe       string        // the hast binary; os.Executable() when empty
 	Resources int           // resources served at once (3)
+	Mode      string        // replication mode of the resources (fullsync)
 	DiskSize  int64         // size of each resource's disks
 	Depth     int           // requests in flight per resource
 	Runtime   time.Duration // length of each phase
@@ -76,6 +77,9 @@ func RunRSS(opt RSSOptions) (*RSSReport, error) {
 	if opt.Resources <= 0 {
 		opt.Resources = 3
 	}
+	if opt.Mode == "" {
+		opt.Mode = "fullsync"
+	}
 	if opt.Depth <= 0 {
 		opt.Depth = 128
 	}
@@ -99,7 +103,7 @@ func RunRSS(opt RSSOptions) (*RSSReport, error) {
 		dir = d
 	}
 	var cliOut bytes.Buffer
-	cl, err := NewCluster(ClusterOptions{Dir: dir, Exe: opt.Exe, Resources: opt.Resources, DiskSize: opt.DiskSize}, &cliOut, logw)
+	cl, err := NewCluster(ClusterOptions{Dir: dir, Exe: opt.Exe, Resources: opt.Resources, DiskSize: opt.DiskSize, Replication: opt.Mode}, &cliOut, logw)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w: %s", err, cliOut.String())
 	}
@@ -232,8 +236,8 @@ func (r *RSSReport) Peak() (bytes int64, node string) {
 func (r *RSSReport) Write(w io.Writer) {
 	mib := func(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 	o := r.Options
-	fmt.Fprintf(w, "daemon memory: %d resources (fullsync, %d MiB each) served over NBD, %d requests in flight per resource\n",
-		o.Resources, o.DiskSize>>20, o.Depth)
+	fmt.Fprintf(w, "daemon memory: %d resources (%s, %d MiB each) served over NBD, %d requests in flight per resource\n",
+		o.Resources, o.Mode, o.DiskSize>>20, o.Depth)
 	fmt.Fprintf(w, "  %-14s %10s %10s %16s %16s\n", "phase", "IOPS", "MiB/s", "hast1 RSS MiB", "hast2 RSS MiB")
 	fmt.Fprintf(w, "  %-14s %10s %10s %16s %16s\n", "idle", "", "", mib(r.Idle[0]), mib(r.Idle[1]))
 	for _, p := range r.Phases {
@@ -257,6 +261,7 @@ func (c *CLI) benchRSS(args []string) error {
 	fs.SetOutput(c.Stderr)
 	fs.Bool("daemon-rss", true, "measure the daemons' resident memory under load")
 	resources := fs.Int("resources", 3, "resources served at once")
+	mode := fs.String("mode", "fullsync", "replication mode of the resources: fullsync, memsync or async")
 	depth := fs.Int("depth", 128, "requests in flight per resource")
 	sizeStr := fs.String("size", "256M", "size of each resource's disks")
 	runtime := fs.Duration("runtime", 5*time.Second, "length of each phase")
@@ -267,11 +272,14 @@ func (c *CLI) benchRSS(args []string) error {
 	if fs.NArg() > 0 {
 		return exitErr(exUsage, fmt.Errorf("bench --daemon-rss: unexpected argument %q", fs.Arg(0)))
 	}
+	if *mode != "fullsync" && *mode != "memsync" && *mode != "async" {
+		return exitErr(exUsage, fmt.Errorf("bench --daemon-rss: invalid --mode %q", *mode))
+	}
 	size, err := parseSize(*sizeStr, "size")
 	if err != nil || size <= 0 {
 		return exitErr(exUsage, fmt.Errorf("bench --daemon-rss: invalid --size %q", *sizeStr))
 	}
-	rep, err := RunRSS(RSSOptions{Dir: *dir, Resources: *resources, DiskSize: size, Depth: *depth, Runtime: *runtime, Log: c.Stderr})
+	rep, err := RunRSS(RSSOptions{Dir: *dir, Resources: *resources, Mode: *mode, DiskSize: size, Depth: *depth, Runtime: *runtime, Log: c.Stderr})
 	if err != nil {
 		return err
 	}
