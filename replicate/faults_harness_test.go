@@ -467,6 +467,12 @@ func (g *gateTarget) restore() {
 // of a request at a precise point.
 type holdDevice struct {
 	blockdev.Device
+	// gate is read-held by every operation from its hold check to its end, and taken by
+	// arm: once arm returns, no operation that passed unheld before it is still running.
+	// Without it a flush that passed just before arm could reach the disk long after
+	// (under -race, after dozens of later writes), which is what a test arming a hold on
+	// flushes rules out.
+	gate    sync.RWMutex
 	mu      sync.Mutex
 	match   func(op blockdev.Op, off int64) bool
 	fail    error
@@ -475,6 +481,8 @@ type holdDevice struct {
 }
 
 func (h *holdDevice) arm(match func(op blockdev.Op, off int64) bool) {
+	h.gate.Lock()
+	defer h.gate.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.match, h.fail = match, nil
@@ -508,6 +516,8 @@ func (h *holdDevice) hold(op blockdev.Op, off int64) error {
 }
 
 func (h *holdDevice) ReadAt(p []byte, off int64) (int, error) {
+	h.gate.RLock()
+	defer h.gate.RUnlock()
 	if err := h.hold(blockdev.OpRead, off); err != nil {
 		return 0, err
 	}
@@ -515,6 +525,8 @@ func (h *holdDevice) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (h *holdDevice) WriteAt(p []byte, off int64) (int, error) {
+	h.gate.RLock()
+	defer h.gate.RUnlock()
 	if err := h.hold(blockdev.OpWrite, off); err != nil {
 		return 0, err
 	}
@@ -522,6 +534,8 @@ func (h *holdDevice) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (h *holdDevice) Flush() error {
+	h.gate.RLock()
+	defer h.gate.RUnlock()
 	if err := h.hold(blockdev.OpFlush, 0); err != nil {
 		return err
 	}
