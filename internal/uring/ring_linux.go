@@ -92,11 +92,10 @@ var wakeValue = [8]byte{1}
 type Ring struct {
 	slots []slot
 	free  chan uint32
-	busy  atomic.Int32 // operations on the loop path, from slot wait to return
 
+	active    atomic.Int32   // operations between entry and return, both paths
 	direct    bool           // Options.Direct
 	hold      time.Duration  // busyHold; tests change it
-	active    atomic.Int32   // operations between entry and return, both paths
 	busyUntil atomic.Int64   // nanotime before which even a lone operation takes the loop
 	directs   sync.WaitGroup // operations on the direct path, waited for by Close
 	nDirect   atomic.Uint64  // operations made on the direct path (tests)
@@ -232,11 +231,11 @@ func checkOps(raw *RawRing) error {
 // result. buf is the memory the kernel will access, kept reachable until the completion
 // has been consumed.
 func (r *Ring) run(sqe *SQE, buf unsafe.Pointer) (int32, error) {
+	alone := r.active.Add(1) == 1
+	defer r.active.Add(-1)
 	if !r.direct {
 		return r.do(sqe, buf)
 	}
-	alone := r.active.Add(1) == 1
-	defer r.active.Add(-1)
 	now := nanotime()
 	if !alone {
 		r.busyUntil.Store(now + int64(r.hold))
@@ -306,8 +305,6 @@ func directOp(sqe *SQE, buf unsafe.Pointer) int32 {
 
 // do runs an operation through the loop.
 func (r *Ring) do(sqe *SQE, buf unsafe.Pointer) (int32, error) {
-	r.busy.Add(1)
-	defer r.busy.Add(-1)
 	var idx uint32
 	select {
 	case idx = <-r.free:
@@ -531,24 +528,18 @@ func (r *Ring) loop(entries uint32, started chan<- error) {
 		if l.closing && l.inflight == 0 && !l.wakeArmed && l.cancels == 0 {
 			break
 		}
-		if l.parked {
-			// Submit and collect without blocking in the kernel; when that found
-			// nothing, wait in the Go poller for a caller's wake or a completion.
-			l.enter(0)
-			if l.reap() == 0 && (wait || l.closing) {
-				r.kernelOps.Store(int32(l.inflight))
-				l.park()
-				continue
-			}
-		} else {
-			var want uint32
-			if wait || closed {
-				want = 1
-			}
-			l.enter(want)
-			l.reap()
+		// Parked, the loop submits and collects without blocking in the kernel, and when
+		// that found nothing it waits in the Go poller for a caller's wake or a completion.
+		var want uint32
+		if !l.parked && (wait || closed) {
+			want = 1
 		}
+		l.enter(want)
+		idle := l.reap() == 0
 		r.kernelOps.Store(int32(l.inflight))
+		if l.parked && idle && (wait || l.closing) {
+			l.park()
+		}
 	}
 	if err := raw.Close(); err != nil {
 		r.loopErr = err

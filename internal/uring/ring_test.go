@@ -445,7 +445,7 @@ func checkCloseWithOperationsInFlight(t *testing.T, opts Options) {
 		}()
 	}
 	waitFor(t, "readers to block", func() bool {
-		return r.busy.Load() == readers && r.kernelOps.Load() == 3
+		return r.active.Load() == readers && r.kernelOps.Load() == 3
 	})
 	if err := r.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
