@@ -79,17 +79,21 @@ func (ps *persister) cleanLoop() {
 		case <-ps.stopped:
 			return
 		}
-		if err := ps.clean(); err != nil {
-			// The bits stay set: after a crash those extents are resynchronised, which is
-			// the safe side. The next round tries again.
-			ps.p.log.Warn().Err(err).Msg("activemap: cannot clear bits")
-		}
+		ps.clean()
 	}
 }
 
 // clean runs one cleaning round: flush the data behind the extents idle now, then let the
-// next bitmap write clear them (a lazy round is asked for).
-func (ps *persister) clean() error {
+// next bitmap write clear them (a lazy round is asked for). When the flush fails the bits
+// stay set: after a crash those extents are resynchronised, which is the safe side, and the
+// next round tries again.
+func (ps *persister) clean() {
+	if err := ps.cleanRound(); err != nil {
+		ps.p.log.Warn().Err(err).Msg("activemap: cannot clear bits")
+	}
+}
+
+func (ps *persister) cleanRound() error {
 	ps.cleanMu.Lock()
 	defer ps.cleanMu.Unlock()
 	p := ps.p
@@ -115,9 +119,7 @@ func (ps *persister) clean() error {
 // then a bitmap write the caller waits for. For the end of a synchronisation and Close.
 func (ps *persister) settle() error {
 	if ps.p.cfg.MetaFlush {
-		if err := ps.clean(); err != nil {
-			ps.p.log.Warn().Err(err).Msg("activemap: cannot clear bits")
-		}
+		ps.clean()
 	}
 	return ps.now()
 }
@@ -203,7 +205,6 @@ func (ps *persister) loop() {
 		}
 		ps.mu.Lock()
 		gen := ps.want
-		urgent = gen != ps.done
 		ps.lazy = false
 		// Writers that asked up to gen wait on this round's channel; later ones on the next.
 		served := ps.next
