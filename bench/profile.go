@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime/pprof"
 	"runtime/trace"
@@ -28,33 +29,26 @@ func startProfiles(cpuPath, tracePath string) (stop func() error, err error) {
 		}
 		return errors.Join(errs...)
 	}
-	create := func(path string) (*os.File, error) {
-		f, err := os.Create(path)
+	for _, p := range []struct {
+		what, path string
+		start      func(io.Writer) error
+		stop       func()
+	}{
+		{"cpu profile", cpuPath, pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{"trace", tracePath, trace.Start, trace.Stop},
+	} {
+		if p.path == "" {
+			continue
+		}
+		f, err := os.Create(p.path)
 		if err != nil {
-			return nil, fmt.Errorf("profile: %w", err)
+			return nil, errors.Join(fmt.Errorf("%s: %w", p.what, err), stop())
 		}
 		files = append(files, f)
-		return f, nil
-	}
-	if cpuPath != "" {
-		f, err := create(cpuPath)
-		if err != nil {
-			return nil, errors.Join(err, stop())
+		if err := p.start(f); err != nil {
+			return nil, errors.Join(fmt.Errorf("%s %s: %w", p.what, p.path, err), stop())
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, errors.Join(fmt.Errorf("cpu profile %s: %w", cpuPath, err), stop())
-		}
-		stops = append(stops, pprof.StopCPUProfile)
-	}
-	if tracePath != "" {
-		f, err := create(tracePath)
-		if err != nil {
-			return nil, errors.Join(err, stop())
-		}
-		if err := trace.Start(f); err != nil {
-			return nil, errors.Join(fmt.Errorf("trace %s: %w", tracePath, err), stop())
-		}
-		stops = append(stops, trace.Stop)
+		stops = append(stops, p.stop)
 	}
 	return stop, nil
 }
