@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -115,51 +114,6 @@ func TestOpenRegularFile(t *testing.T) {
 	}
 }
 
-func TestOpenIsExclusive(t *testing.T) {
-	d, p := openTestFile(t, 1<<20)
-	_, err := Open(p)
-	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "already in use") {
-		t.Fatalf("second Open = %v, want ErrInUse naming %s", err, p)
-	}
-	// Through another name for the same inode too.
-	link := p + ".link"
-	if err := os.Symlink(p, link); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Open(link); !errors.Is(err, ErrInUse) {
-		t.Fatalf("Open via symlink = %v, want ErrInUse", err)
-	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
-	d2, err := Open(p)
-	if err != nil {
-		t.Fatalf("Open after Close: %v", err)
-	}
-	d2.Close()
-}
-
-func TestOpenErrors(t *testing.T) {
-	dir := t.TempDir()
-	missing := filepath.Join(dir, "missing")
-	if _, err := Open(missing); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
-		t.Fatalf("Open(missing) = %v", err)
-	}
-	for _, p := range []string{dir, "/dev/null"} {
-		if _, err := Open(p); err == nil || !strings.Contains(err.Error(), "not a regular file or block device") ||
-			!strings.Contains(err.Error(), p) {
-			t.Fatalf("Open(%s) = %v", p, err)
-		}
-	}
-	fifo := filepath.Join(dir, "fifo")
-	if err := unix.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Open(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file or block device") {
-		t.Fatalf("Open(fifo) = %v", err)
-	}
-}
-
 func TestDiscardPunchesHole(t *testing.T) {
 	const size = 1 << 20
 	d, p := openTestFile(t, size)
@@ -205,43 +159,6 @@ func TestDiscardPunchesHole(t *testing.T) {
 	}
 	if err := d.Discard(0, 0); err != nil {
 		t.Fatalf("empty discard: %v", err)
-	}
-}
-
-func TestFileDeviceConcurrentIO(t *testing.T) {
-	d, _ := openTestFile(t, 1<<20)
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for g := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			off := int64(g) * (128 << 10)
-			data := pattern(128<<10, byte(g))
-			for range 20 {
-				if _, err := d.WriteAt(data, off); err != nil {
-					errs <- err
-					return
-				}
-				got := make([]byte, len(data))
-				if _, err := d.ReadAt(got, off); err != nil {
-					errs <- err
-					return
-				}
-				if !bytes.Equal(got, data) {
-					errs <- fmt.Errorf("goroutine %d read back other data", g)
-					return
-				}
-			}
-			if err := d.Flush(); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
 	}
 }
 

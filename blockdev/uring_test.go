@@ -144,7 +144,7 @@ func checkExclusive(t *testing.T, o opener) {
 	d, p := openWith(t, o, 1<<20)
 	for _, other := range openers {
 		_, err := other.open(p)
-		if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), p) {
+		if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "already in use") {
 			t.Fatalf("%s while %s holds %s = %v, want ErrInUse naming the path", other.name, o.name, p, err)
 		}
 	}
