@@ -25,9 +25,10 @@ import (
 // for the disk; whatever is not cached is read through an io_uring (buffered, so the
 // page cache, readahead and coherence with pwrite are unchanged), where the goroutine
 // parks on a channel and gives its P back. A lone miss on an idle ring is a plain
-// pread (the ring's direct path): one blocked goroutine holds at most one P. The ring is made on the first miss, so tools
-// that open a component to read its metadata never start one. Where io_uring or
-// RWF_NOWAIT are unavailable the device falls back to what it did before.
+// pread (the ring's direct path): one blocked goroutine holds at most one P. The ring
+// is made on the first miss, so tools that open a component to read its metadata never
+// start one. Where io_uring or RWF_NOWAIT are unavailable the device falls back to what
+// it did before.
 
 // asyncReader is the fileDevice's read path; the zero value is ready.
 type asyncReader struct {
