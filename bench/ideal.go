@@ -77,13 +77,8 @@ type islot struct {
 // OpenIdeal builds the pipeline between the two files over one loopback TCP connection. depth
 // is the largest number of concurrent callers; maxBlock the largest request.
 func OpenIdeal(pathA, pathB string, direct bool, depth, maxBlock int) (*Ideal, error) {
-	a, err := openFile(pathA, direct)
+	a, b, err := openFiles(pathA, pathB, direct)
 	if err != nil {
-		return nil, err
-	}
-	b, err := openFile(pathB, direct)
-	if err != nil {
-		a.close()
 		return nil, err
 	}
 	t := &Ideal{a: a, b: b, size: min(a.size, b.size), free: make(chan *islot, depth),

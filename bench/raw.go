@@ -45,6 +45,18 @@ func openFile(path string, direct bool) (*file, error) {
 	return f, nil
 }
 
+// openFiles opens the two copies a baseline writes: both or neither.
+func openFiles(pathA, pathB string, direct bool) (a, b *file, err error) {
+	if a, err = openFile(pathA, direct); err != nil {
+		return nil, nil, err
+	}
+	if b, err = openFile(pathB, direct); err != nil {
+		a.close()
+		return nil, nil, err
+	}
+	return a, b, nil
+}
+
 func aligned(b []byte, off int64) bool {
 	return off%directAlign == 0 && len(b)%directAlign == 0 &&
 		(len(b) == 0 || uintptr(unsafe.Pointer(&b[0]))%directAlign == 0)
@@ -116,13 +128,8 @@ type rawSlot struct {
 // OpenRaw opens the two backing files for the raw baseline, with O_DIRECT for aligned requests
 // when direct is set. depth is the largest number of concurrent callers.
 func OpenRaw(pathA, pathB string, direct bool, depth int) (*Raw, error) {
-	a, err := openFile(pathA, direct)
+	a, b, err := openFiles(pathA, pathB, direct)
 	if err != nil {
-		return nil, err
-	}
-	b, err := openFile(pathB, direct)
-	if err != nil {
-		a.close()
 		return nil, err
 	}
 	r := &Raw{a: a, b: b, size: min(a.size, b.size), slots: make(chan *rawSlot, depth)}
