@@ -88,18 +88,10 @@ func fmtMiBps(v float64) string {
 // WritePNG draws the report as a PNG: per workload, throughput bars (MiB/s, linear, scaled to
 // the workload's best row) and p50/p99/p99.9 latency bars (log scale) for every row.
 func (rep *Report) WritePNG(w io.Writer) error {
-	var order []string
-	groups := map[string][]*Row{}
-	for _, r := range rep.Rows {
-		k := r.Source + " " + r.Workload
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], r)
-	}
+	groups := rep.workloadGroups()
 	h := 3*lineH + 10
-	for _, k := range order {
-		h += 2*lineH + len(groups[k])*rowH + groupGap
+	for _, rows := range groups {
+		h += 2*lineH + len(rows)*rowH + groupGap
 	}
 	c := canvas{image.NewRGBA(image.Rect(0, 0, chartW, h))}
 	c.fill(0, 0, chartW, h, colBG)
@@ -116,8 +108,7 @@ func (rep *Report) WritePNG(w io.Writer) error {
 	}
 	y += 2 * lineH
 
-	for _, k := range order {
-		rows := groups[k]
+	for _, rows := range groups {
 		r0 := rows[0]
 		c.text(labelX, y, fmt.Sprintf("%s  (%s, bs %s, qd %d)", r0.Workload, r0.Source, fmtBytes(int64(r0.BlockSize)), r0.QueueDepth), colText)
 		y += lineH

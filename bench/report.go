@@ -422,17 +422,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	if s.KeepDirty != 0 {
 		fmt.Fprintf(ew, "volume: keepdirty %d\n", s.KeepDirty)
 	}
-	var order []string
-	groups := map[string][]*Row{}
-	for _, r := range rep.Rows {
-		k := r.Source + "\x00" + r.Workload
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], r)
-	}
-	for _, k := range order {
-		rows := groups[k]
+	for _, rows := range rep.workloadGroups() {
 		r0 := rows[0]
 		mix := "write"
 		switch {
@@ -593,4 +583,22 @@ func median(vs []float64) int {
 	}
 	sort.SliceStable(idx, func(a, b int) bool { return vs[idx[a]] < vs[idx[b]] })
 	return idx[(len(vs)-1)/2]
+}
+
+// workloadGroups returns the rows grouped by source and workload, groups and rows in the
+// order they were measured: one table in the terminal report, one block in the chart.
+func (rep *Report) workloadGroups() [][]*Row {
+	var groups [][]*Row
+	index := map[[2]string]int{}
+	for _, r := range rep.Rows {
+		k := [2]string{r.Source, r.Workload}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], r)
+	}
+	return groups
 }
