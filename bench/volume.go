@@ -248,8 +248,7 @@ type secondaryNode struct {
 	mu      sync.Mutex
 	cfg     replicate.Config
 	offline bool
-	cancel  context.CancelFunc
-	done    chan struct{}
+	session replicate.SecondarySlot
 }
 
 func (s *secondaryNode) setConfig(c replicate.Config) {
@@ -276,36 +275,24 @@ func (s *secondaryNode) Admit(net.IP, replicate.Link) (string, bool) {
 func (s *secondaryNode) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.stopLocked()
 	if s.offline {
+		s.session.Stop()
 		c1.Close()
 		c2.Close()
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	s.cancel, s.done = cancel, done
-	cfg, log := s.cfg, s.log
-	go func() {
-		defer close(done)
-		if err := replicate.RunSecondary(ctx, cfg, s.dev, c1, c2, version, hello, log); err != nil {
+	log := s.log
+	s.session.Start(s.cfg, s.dev, c1, c2, version, hello, log, func(err error) {
+		if err != nil {
 			log.Debug().Err(err).Msg("bench: secondary session ended")
 		}
-	}()
+	})
 }
 
 func (s *secondaryNode) stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.stopLocked()
-}
-
-func (s *secondaryNode) stopLocked() {
-	if s.cancel != nil {
-		s.cancel()
-		<-s.done
-		s.cancel, s.done = nil, nil
-	}
+	s.session.Stop()
 }
 
 // fileTarget drives a file (the FUSE view of a volume) with pread/pwrite on an O_DIRECT

@@ -2,7 +2,6 @@ package replicate
 
 import (
 	"bytes"
-	"context"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -17,31 +16,20 @@ import (
 
 // testTarget is a secondary node as the acceptor sees it, for in-process tests.
 type testTarget struct {
-	cfg    Config
-	dev    blockdev.Device
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
-	events chan Event
+	cfg     Config
+	dev     blockdev.Device
+	mu      sync.Mutex
+	session SecondarySlot
+	events  chan Event
 }
 
 func (t *testTarget) Admit(net.IP, Link) (string, bool) { return "", false }
 
 func (t *testTarget) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.cancel != nil {
-		t.cancel()
-		<-t.done
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.cancel, t.done = cancel, done
 	cfg, dev := t.cfg, t.dev
-	go func() {
-		defer close(done)
-		RunSecondary(ctx, cfg, dev, c1, c2, version, hello, zerolog.Nop())
-	}()
+	t.mu.Unlock()
+	t.session.Start(cfg, dev, c1, c2, version, hello, zerolog.Nop(), nil)
 }
 
 // setDev changes the device the next session uses.
@@ -51,15 +39,7 @@ func (t *testTarget) setDev(d blockdev.Device) {
 	t.mu.Unlock()
 }
 
-func (t *testTarget) stop() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.cancel != nil {
-		t.cancel()
-		<-t.done
-		t.cancel = nil
-	}
-}
+func (t *testTarget) stop() { t.session.Stop() }
 
 type pairT struct {
 	p       *Primary

@@ -6,7 +6,6 @@ package replicate
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -403,12 +402,11 @@ func testLog(node string) zerolog.Logger {
 // gateTarget is a secondary node that can be taken down (a crash or a cut link: the session
 // ends and new connections are refused) and brought back.
 type gateTarget struct {
-	cfg    Config
-	dev    blockdev.Device
-	mu     sync.Mutex
-	down   bool
-	cancel context.CancelFunc
-	done   chan struct{}
+	cfg     Config
+	dev     blockdev.Device
+	mu      sync.Mutex
+	down    bool
+	session SecondarySlot
 }
 
 func (g *gateTarget) Admit(net.IP, Link) (string, bool) {
@@ -423,23 +421,13 @@ func (g *gateTarget) Admit(net.IP, Link) (string, bool) {
 func (g *gateTarget) Serve(c1, c2 net.Conn, version uint8, hello *nv.List) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.cancel != nil {
-		g.cancel()
-		<-g.done
-		g.cancel = nil
-	}
 	if g.down {
+		g.session.Stop()
 		c1.Close()
 		c2.Close()
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	g.cancel, g.done = cancel, done
-	go func() {
-		defer close(done)
-		RunSecondary(ctx, g.cfg, g.dev, c1, c2, version, hello, testLog("secondary"))
-	}()
+	g.session.Start(g.cfg, g.dev, c1, c2, version, hello, testLog("secondary"), nil)
 }
 
 // cut ends the running session and refuses new ones; when it returns the secondary does no
@@ -448,11 +436,7 @@ func (g *gateTarget) cut() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.down = true
-	if g.cancel != nil {
-		g.cancel()
-		<-g.done
-		g.cancel = nil
-	}
+	g.session.Stop()
 }
 
 func (g *gateTarget) restore() {

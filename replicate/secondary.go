@@ -68,6 +68,48 @@ type secondary struct {
 	once    sync.Once
 }
 
+// SecondarySlot holds at most one secondary session (RunSecondary) of a [Target]: starting
+// one ends the one running first, since a primary that reconnects supersedes its old session.
+// The zero value is ready; it is safe for concurrent use.
+type SecondarySlot struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start ends the running session and waits for it, then runs RunSecondary on the new
+// connections in a goroutine; onEnd, if not nil, gets the session's error when it ends.
+func (s *SecondarySlot) Start(cfg Config, dev blockdev.Device, c1, c2 net.Conn, version uint8, hello *nv.List, log zerolog.Logger, onEnd func(error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopLocked()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	s.cancel, s.done = cancel, done
+	go func() {
+		defer close(done)
+		err := RunSecondary(ctx, cfg, dev, c1, c2, version, hello, log)
+		if onEnd != nil {
+			onEnd(err)
+		}
+	}()
+}
+
+// Stop ends the running session, if any; when it returns the session does no more I/O.
+func (s *SecondarySlot) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopLocked()
+}
+
+func (s *SecondarySlot) stopLocked() {
+	if s.cancel != nil {
+		s.cancel()
+		<-s.done
+		s.cancel, s.done = nil, nil
+	}
+}
+
 // RunSecondary serves one connection from the primary until it ends: it evaluates the handshake
 // (the sync decision of §11.2), answers it on c1, then applies requests from c1 and replies on
 // c2. hello is the primary's second handshake message (from c2). The returned error says why
