@@ -217,8 +217,8 @@ func (c *Cluster) Start(n *Node, extra ...string) error {
 
 // spawn starts cmd from one OS thread that lives as long as the process. Pdeathsig fires when
 // the thread that forked the child exits, not the process, and Go ends a thread whose goroutine
-// exits while locked to it, as an io_uring's loop does when a device is closed: a daemon forked
-// earlier from that thread would be killed with it.
+// exits while locked to it (as faultnet's namespace threads do, and as io_uring loops once did): a
+// daemon forked earlier from that thread would be killed with it.
 func spawn(cmd *exec.Cmd) error {
 	spawnOnce.Do(func() {
 		spawnReqs = make(chan spawnReq)

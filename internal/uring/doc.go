@@ -12,11 +12,11 @@
 //
 // [Ring] is the concurrency-safe layer on top: any number of goroutines call
 // [Ring.Read], [Ring.Write], [Ring.Fsync] or [Ring.Fallocate] and block until their own
-// completion arrives. Under load a goroutine locked to its OS thread owns a ring set up
-// with SINGLE_ISSUER|DEFER_TASKRUN and submits and reaps for everybody with one
-// io_uring_enter per batch; when that loop is idle, the caller submits to a small second
-// ring and waits in the kernel itself, which keeps a lone operation close to pwrite's
-// cost. [Ring]'s documentation has the measurements behind this shape.
+// completion arrives. One ordinary goroutine, the loop, submits everything queued and
+// reaps every completion with one io_uring_enter per batch, and waits in the Go poller
+// on an eventfd the kernel signals; with [Options].Direct a lone operation on an idle
+// ring is the plain system call instead. [Ring]'s documentation has the measurements
+// behind this shape.
 //
 // # Memory
 //

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,17 +17,14 @@ import (
 // still waiting for a slot when it was closed.
 var ErrClosed = errors.New("uring: ring closed")
 
-// setupFlagSets are tried in order for the loop's ring. It is only ever entered from
-// the loop's locked thread, which is the contract of SINGLE_ISSUER; DEFER_TASKRUN (6.1+)
-// then posts completions in batches while that thread waits, with no task-work
-// interrupts, and measured the least CPU per operation here. COOP_TASKRUN (5.19+) is
-// the next best. Older kernels reject unknown flags with EINVAL.
-var setupFlagSets = []uint32{
-	SetupSingleIssuer | SetupDeferTaskrun,
-	SetupSingleIssuer | SetupCoopTaskrun,
-	SetupCoopTaskrun,
-	0,
-}
+// loopSetupFlags are the loop's ring's setup flags: none. The loop is an ordinary
+// goroutine, so it submits from whichever thread runs it: SINGLE_ISSUER (and with it
+// DEFER_TASKRUN) would need a locked thread, which is what [Ring]'s history section
+// measured against. COOP_TASKRUN is left out on purpose: it lets the kernel post a
+// completion only when the submitting thread next enters the kernel, and a Go thread
+// that submitted may then sleep idle for a long time; without it the kernel wakes that
+// thread to post the completion.
+const loopSetupFlags = 0
 
 // User data values above the slot range mark the ring's own requests.
 const (
@@ -45,8 +41,7 @@ var wakeValue = [8]byte{1}
 //
 // # Shape
 //
-// The loop: one goroutine, locked to an OS thread, owns the [RawRing], set up with
-// SINGLE_ISSUER|DEFER_TASKRUN. Callers take a free slot from a fixed table (user_data is
+// The loop: one goroutine owns the [RawRing]. Callers take a free slot from a fixed table (user_data is
 // the slot index), describe the operation there, append the slot to a queue and park
 // on the slot's channel. The loop copies everything queued into SQEs and calls
 // io_uring_enter once, both submitting and reaping, then wakes the owners of the
@@ -54,7 +49,7 @@ var wakeValue = [8]byte{1}
 //
 // When it has nothing to submit or reap, the loop waits in the Go poller on an eventfd
 // that the kernel signals for completions and callers write to wake it (see
-// parkInPoller); where the kernel lacks DEFER_TASKRUN it waits in io_uring_enter
+// parkInPoller); where the eventfd cannot be registered it waits in io_uring_enter
 // instead, for a completion or for a read of that eventfd.
 //
 // The direct path ([Options].Direct): when the ring has been idle for busyHold, a
@@ -77,18 +72,28 @@ var wakeValue = [8]byte{1}
 //	  where a lone caller waits
 //
 // Every cross-thread wake-up costs microseconds of IPIs and VM exits here, which sinks
-// any design with hand-offs at depth 1. At depth, the loop with DEFER_TASKRUN needs the
-// least CPU: callers make no system calls and one thread reaps every completion.
+// any design with hand-offs at depth 1. At depth, the loop (then locked to its thread,
+// with DEFER_TASKRUN) needed the least CPU: callers make no system calls and one
+// goroutine reaps every completion.
 //
-// Two later findings, with both nodes of hast bench on one machine, replaced the second
-// ring with the direct path and moved the loop's wait into the Go poller. A goroutine
-// blocked in a system call keeps its P until sysmon takes it back, so threads waiting
-// in io_uring_enter (the loop's, a lone caller's) held the Ps the requests needed:
-// randwrite-4k-qd32 with --local-io uring rose from 15.8k to 25–30k IOPS. And at
-// depth 1 the second ring was slower than pwrite on the same disk (the replicated
-// write's p50 194 µs against 122–153 µs with pwrite). The hold after overlap keeps a
-// gap under load from sending an operation to a blocking call that would sit behind
-// the disk's queue.
+// Three later findings, with both nodes of hast bench on one machine, replaced the
+// second ring with the direct path, moved the loop's wait into the Go poller and
+// unlocked the loop from its thread:
+//
+//   - A goroutine blocked in a system call keeps its P until sysmon takes it back, so
+//     threads waiting in io_uring_enter (the loop's, a lone caller's) held the Ps the
+//     requests needed: randwrite-4k-qd32 with --local-io uring rose from 15.8k to
+//     25–30k IOPS.
+//   - At depth 1 the second ring was slower than pwrite on the same disk (the
+//     replicated write's p50 194 µs against 122–153 µs with pwrite). The hold after
+//     overlap keeps a gap under load from sending an operation to a blocking call that
+//     would sit behind the disk's queue.
+//   - The loop was locked to its thread (SINGLE_ISSUER|DEFER_TASKRUN), and every time
+//     the poller woke it the scheduler had to hand a P to that thread and take it back
+//     when it parked: two thread switches per round, the largest item left in a traced
+//     QD32 run. As an ordinary goroutine the loop is woken like any other: replicated
+//     randwrite-4k-qd32 with --local-io uring went from 0.74–0.76× to 1.00–1.02× of
+//     the ideal pipeline, at 15–20 % less CPU per operation (interleaved pairs).
 type Ring struct {
 	slots []slot
 	free  chan uint32
@@ -115,11 +120,13 @@ type Ring struct {
 
 	efd     int
 	evf     *os.File // efd in the Go poller, when the loop parks there (see park)
-	flags   uint32   // setup flags of the loop's ring
 	wakeBuf [8]byte  // target of the loop's eventfd read
 	spare   []uint32 // the loop's half of the queue double buffer
 
 	blockingWait bool // Options.blockingWait
+
+	nRetried  atomic.Uint64 // operations resubmitted after a cancellation (tests)
+	cancelReq bool          // under mu: cancel every operation in flight (tests)
 }
 
 // Options tune a Ring.
@@ -130,7 +137,7 @@ type Options struct {
 	Direct bool
 
 	// blockingWait makes the loop wait in io_uring_enter even where it could wait in
-	// the poller, as on kernels without DEFER_TASKRUN (tests).
+	// the poller, as where the eventfd cannot be registered (tests).
 	blockingWait bool
 }
 
@@ -176,24 +183,14 @@ func NewWithOptions(entries uint32, o Options) (*Ring, error) {
 	return r, nil
 }
 
-// Flags returns the setup flags the kernel accepted for the loop's ring.
-func (r *Ring) Flags() uint32 { return r.flags }
-
 // Slots returns how many operations the loop takes at once; further callers wait for a
 // slot.
 func (r *Ring) Slots() int { return len(r.slots) }
 
-// setup creates the loop's RawRing on the calling (locked) thread with the best flags
-// this kernel accepts, and checks that it implements the opcodes Ring offers.
+// setup creates the loop's RawRing and checks that it implements the opcodes Ring
+// offers.
 func (r *Ring) setup(entries uint32) (*RawRing, error) {
-	var raw *RawRing
-	var err error
-	for _, flags := range setupFlagSets {
-		raw, err = SetupRaw(entries, flags)
-		if err == nil || !errors.Is(err, unix.EINVAL) {
-			break
-		}
-	}
+	raw, err := SetupRaw(entries, loopSetupFlags)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +198,6 @@ func (r *Ring) setup(entries uint32) (*RawRing, error) {
 		raw.Close()
 		return nil, err
 	}
-	r.flags = raw.Params().Flags
 	// One SQ entry stays reserved for re-arming the eventfd read.
 	n := raw.SQEntries() - 1
 	r.slots = make([]slot, n)
@@ -230,7 +226,28 @@ func checkOps(raw *RawRing) error {
 // the ring allows it and has been idle, else on the loop, and returns the kernel's
 // result. buf is the memory the kernel will access, kept reachable until the completion
 // has been consumed.
+//
+// An operation the kernel cancelled while the ring is open is made again. The kernel
+// cancels the requests of a thread that exits, and the loop submits from whichever
+// thread runs it; a Go thread exits when a goroutine locked to it returns. The
+// operations Ring offers can be repeated: they name their offset.
 func (r *Ring) run(sqe *SQE, buf unsafe.Pointer) (int32, error) {
+	for {
+		res, err := r.run1(sqe, buf)
+		if err != nil || res != -int32(unix.ECANCELED) {
+			return res, err
+		}
+		r.mu.Lock()
+		closed := r.closed
+		r.mu.Unlock()
+		if closed {
+			return res, nil
+		}
+		r.nRetried.Add(1)
+	}
+}
+
+func (r *Ring) run1(sqe *SQE, buf unsafe.Pointer) (int32, error) {
 	alone := r.active.Add(1) == 1
 	defer r.active.Add(-1)
 	if !r.direct {
@@ -328,6 +345,18 @@ func (r *Ring) do(sqe *SQE, buf unsafe.Pointer) (int32, error) {
 		return 0, err
 	}
 	r.queue = append(r.queue, idx)
+	r.unlockAndWake()
+
+	<-s.done
+	res := s.res
+	s.buf = nil
+	r.free <- idx
+	return res, nil
+}
+
+// unlockAndWake releases r.mu, which the caller holds after giving the loop work, and
+// wakes the loop if it is waiting.
+func (r *Ring) unlockAndWake() {
 	wake := r.sleeping
 	if wake {
 		r.sleeping = false
@@ -338,12 +367,6 @@ func (r *Ring) do(sqe *SQE, buf unsafe.Pointer) (int32, error) {
 		r.wake()
 		r.wakers.Done()
 	}
-
-	<-s.done
-	res := s.res
-	s.buf = nil
-	r.free <- idx
-	return res, nil
 }
 
 // wake interrupts the loop's io_uring_enter by making its eventfd read complete.
@@ -474,11 +497,8 @@ func (r *Ring) Close() error {
 	return errors.Join(errs...)
 }
 
-// loop owns the main RawRing for its whole life. It never unlocks its OS thread: when it
-// returns the thread exits, taking the io_uring task context with it rather than
-// handing a thread with kernel-side ring state back to the scheduler.
+// loop owns the RawRing for its whole life.
 func (r *Ring) loop(entries uint32, started chan<- error) {
-	runtime.LockOSThread()
 	raw, err := r.setup(entries)
 	started <- err
 	if err != nil {
@@ -499,6 +519,8 @@ func (r *Ring) loop(entries uint32, started chan<- error) {
 		q := r.queue
 		r.queue = r.spare[:0]
 		closed := r.closed
+		cancelReq := r.cancelReq
+		r.cancelReq = false
 		// Block in the kernel only when nothing is queued; completions that are
 		// already there make io_uring_enter return at once anyway.
 		wait := len(q) == 0 && !closed
@@ -524,6 +546,8 @@ func (r *Ring) loop(entries uint32, started chan<- error) {
 			if l.fatalErrno == 0 {
 				l.cancelAll()
 			}
+		} else if cancelReq && !l.closing && l.fatalErrno == 0 {
+			l.cancelAll()
 		}
 		if l.closing && l.inflight == 0 && !l.wakeArmed && l.cancels == 0 {
 			break
@@ -684,10 +708,10 @@ func (l *loopState) reap() int {
 }
 
 // parkInPoller makes the loop wait for work in the Go poller instead of in
-// io_uring_enter, where the ring allows it: with DEFER_TASKRUN, completions are posted
-// only when the loop enters the ring, and a completion arriving meanwhile signals an
-// eventfd registered with it (TestDeferTaskrunSignalsEventFD). Callers wake the loop
-// through the same eventfd.
+// io_uring_enter: the kernel signals an eventfd registered with the ring whenever it
+// posts a completion, whichever thread submitted the operation and whatever that
+// thread is doing (TestCompletionSignalsEventFD). Callers wake the loop through the
+// same eventfd.
 //
 // Why: a goroutine blocked in a system call keeps its P until sysmon takes it back,
 // tens of microseconds to milliseconds later. The loop spends most of its time waiting,
@@ -696,9 +720,6 @@ func (l *loopState) reap() int {
 // randwrite-4k-qd32 with --local-io uring ran at 15.8k IOPS with GOMAXPROCS=2 and
 // 23.5k with GOMAXPROCS=8. A goroutine parked in the poller holds no P.
 func (r *Ring) parkInPoller(raw *RawRing) error {
-	if r.flags&SetupDeferTaskrun == 0 {
-		return errors.New("uring: no DEFER_TASKRUN")
-	}
 	fd := int32(r.efd)
 	if err := raw.Register(RegisterEventFD, unsafe.Pointer(&fd), 1); err != nil {
 		return err

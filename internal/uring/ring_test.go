@@ -29,18 +29,6 @@ func newRing(t testing.TB, entries uint32) *Ring {
 	return r
 }
 
-// setupDeferRaw sets up a small SINGLE_ISSUER|DEFER_TASKRUN ring owned by the calling
-// thread, which the caller has locked; it is closed when the test ends.
-func setupDeferRaw(t testing.TB) *RawRing {
-	t.Helper()
-	raw, err := SetupRaw(4, SetupSingleIssuer|SetupDeferTaskrun)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close() })
-	return raw
-}
-
 // testPipe returns a pipe's read and write ends, closed when the test ends.
 func testPipe(t testing.TB) [2]int {
 	t.Helper()
@@ -176,31 +164,6 @@ func TestSQE128URingCmd(t *testing.T) {
 			t.Fatalf("URING_CMD on /dev/zero: %+v, want EOPNOTSUPP", cqe)
 		}
 		r.AdvanceCQ(1)
-	}
-}
-
-// TestSingleIssuerSetup checks that the loop's ring got the flags it asks for on this
-// kernel (6.1+ has them all), that they are enforced, and that the loop still works.
-func TestSingleIssuerSetup(t *testing.T) {
-	r := newRing(t, 8)
-	if want := uint32(SetupSingleIssuer | SetupDeferTaskrun); r.Flags()&want != want {
-		t.Fatalf("loop ring flags %#x, want SINGLE_ISSUER|DEFER_TASKRUN", r.Flags())
-	}
-	// Keep the creating thread to this goroutine so the other goroutine below
-	// cannot run on it.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	raw := setupDeferRaw(t)
-	errc := make(chan error)
-	go func() {
-		runtime.LockOSThread() // a thread other than the creator's
-		defer runtime.UnlockOSThread()
-		raw.NextSQE().PrepNop(1)
-		_, err := raw.Enter(1, 0)
-		errc <- err
-	}()
-	if err := <-errc; !errors.Is(err, unix.EEXIST) {
-		t.Fatalf("submission from another thread = %v, want EEXIST", err)
 	}
 }
 
@@ -407,7 +370,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // loopModes are the two ways the loop waits: in the Go poller, and in io_uring_enter
-// as on kernels without DEFER_TASKRUN.
+// as where the eventfd cannot be registered.
 var loopModes = []struct {
 	name string
 	opts Options
@@ -606,4 +569,81 @@ func TestDirectPath(t *testing.T) {
 	if n := r.nDirect.Load() - before; n != 1 {
 		t.Fatalf("a write after the hold took the direct path %d times, want 1", n)
 	}
+}
+
+// cancelInFlight asks the loop to cancel every operation in the kernel, as the kernel
+// itself does for the operations of a thread that exits.
+func (r *Ring) cancelInFlight() {
+	r.mu.Lock()
+	r.cancelReq = true
+	r.unlockAndWake()
+}
+
+// pendingRead starts a one-byte read of p's empty read end on r and waits until the
+// kernel holds it; the result arrives on the returned channel.
+func pendingRead(t *testing.T, r *Ring, p [2]int) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		b := make([]byte, 1)
+		n, err := r.Read(p[0], b, 0)
+		if err == nil && (n != 1 || b[0] != 'y') {
+			err = fmt.Errorf("read %d bytes %q, want \"y\"", n, b[:n])
+		}
+		done <- err
+	}()
+	waitFor(t, "the read to reach the kernel", func() bool { return r.kernelOps.Load() == 1 })
+	return done
+}
+
+// TestCancelledOperationIsRetried: an operation the kernel cancels while the ring is
+// open is made again, not failed with ECANCELED.
+func TestCancelledOperationIsRetried(t *testing.T) {
+	for _, m := range loopModes {
+		t.Run(m.name, func(t *testing.T) {
+			r, err := NewWithOptions(8, m.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			p := testPipe(t)
+			done := pendingRead(t, r, p)
+			r.cancelInFlight()
+			waitFor(t, "the cancelled read to be retried", func() bool { return r.nRetried.Load() == 1 })
+			waitFor(t, "the retried read to reach the kernel", func() bool { return r.kernelOps.Load() == 1 })
+			if _, err := unix.Write(p[1], []byte("y")); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestThreadExitDoesNotFailOperations: the loop submits from whichever thread runs it,
+// and the kernel cancels a thread's requests when it exits, which a Go thread does when
+// a goroutine locked to it returns. With one P, such goroutines run on the thread that
+// ran the loop. The read must still return its data.
+func TestThreadExitDoesNotFailOperations(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	r := newRing(t, 8)
+	p := testPipe(t)
+	done := pendingRead(t, r, p)
+	for range 20 {
+		exited := make(chan struct{})
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			close(exited)
+		}()
+		<-exited
+	}
+	waitFor(t, "the read to be back in the kernel", func() bool { return r.kernelOps.Load() == 1 })
+	if _, err := unix.Write(p[1], []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("retried %d times", r.nRetried.Load())
 }
