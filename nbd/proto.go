@@ -2,8 +2,8 @@ package nbd
 
 import (
 	"fmt"
-	"math/bits"
-	"sync"
+
+	"hast/internal/bufpool"
 )
 
 // Magic numbers of the handshake and transmission phases.
@@ -226,42 +226,13 @@ const (
 	maxClassShift = 25 // MaxRequest
 )
 
-var bufPools [maxClassShift - minClassShift + 1]sync.Pool
-
-func sizeClass(n int) int {
-	if n <= 1<<minClassShift {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minClassShift
-}
+var bufs = bufpool.New(minClassShift, maxClassShift)
 
 // getBuf returns a buffer of length n (n <= MaxRequest) from the pools.
-func getBuf(n int) []byte {
-	c := sizeClass(n)
-	if c >= len(bufPools) {
-		return make([]byte, n)
-	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*p)[:n]
-	}
-	return make([]byte, n, 1<<(c+minClassShift))
-}
+func getBuf(n int) []byte { return bufs.Get(n) }
 
 // bufCap is the capacity of the buffer getBuf(n) returns.
-func bufCap(n int) int {
-	c := sizeClass(n)
-	if c >= len(bufPools) {
-		return n
-	}
-	return 1 << (c + minClassShift)
-}
+func bufCap(n int) int { return bufs.Cap(n) }
 
 // putBuf returns a buffer obtained from getBuf.
-func putBuf(b []byte) {
-	c := sizeClass(cap(b))
-	if c >= len(bufPools) || cap(b) != 1<<(c+minClassShift) {
-		return
-	}
-	b = b[:cap(b)]
-	bufPools[c].Put(&b)
-}
+func putBuf(b []byte) { bufs.Put(b) }
