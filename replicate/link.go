@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -296,9 +297,15 @@ func (l *link) write(bufs net.Buffers) error {
 	return err
 }
 
+// recvBufferSize is the read buffer of each side's receiving loop, once the handshake is over
+// (nothing else reads the connection then): a frame is read with two or three reads of the
+// stream (header, nv list, data), and under load one system call now brings many frames. A
+// payload larger than the buffer is read straight into its destination.
+const recvBufferSize = 64 << 10
+
 func (l *link) recvLoop() {
 	defer l.wg.Done()
-	rd := proto.NewReader(l.in, MaxRecvIO+4096)
+	rd := proto.NewReader(bufio.NewReaderSize(l.in, recvBufferSize), MaxRecvIO+4096)
 	var dec []byte
 	for {
 		_, msg, data, err := rd.Next()

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -334,7 +335,7 @@ func (s *secondary) serve() error {
 }
 
 func (s *secondary) readLoop(work chan<- sreq) error {
-	rd := proto.NewReader(s.c1, MaxRecvIO+4096)
+	rd := proto.NewReader(bufio.NewReaderSize(s.c1, recvBufferSize), MaxRecvIO+4096)
 	idle := max(s.cfg.Timeout, 2*s.cfg.Keepalive)
 	first := true
 	for {
