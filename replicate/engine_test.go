@@ -406,6 +406,71 @@ func TestMemsyncReceivedWriteAppliedWhenSessionEnds(t *testing.T) {
 	}
 }
 
+// gatedWrites holds every WriteAt of the data area until release is closed.
+type gatedWrites struct {
+	blockdev.Device
+	from    int64
+	release chan struct{}
+}
+
+func (g *gatedWrites) WriteAt(p []byte, off int64) (int, error) {
+	if off >= g.from {
+		<-g.release
+	}
+	return g.Device.WriteAt(p, off)
+}
+
+// TestMemsyncAcksFramesThatArriveTogether: the secondary sends the early acks of requests that
+// reached it in one read together, after the last of them; none may wait for its write. With
+// every write held on the secondary's disk, 32 concurrent memsync writes must all complete.
+func TestMemsyncAcksFramesThatArriveTogether(t *testing.T) {
+	pt := newPair(t, ModeMemsync, nil)
+	g := &gatedWrites{Device: pt.smem, from: localOff(t, pt.smem), release: make(chan struct{})}
+	released := false
+	defer func() {
+		if !released {
+			close(g.release)
+		}
+	}()
+	pt.sec.setDev(g)
+	pt.reconnect(t)
+	const n = 32
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := pt.p.WriteAt(bytes.Repeat([]byte{byte(i)}, 4096), int64(i)*64<<10)
+			errs <- err
+		}()
+	}
+	timeout := time.After(20 * time.Second)
+	for range n {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-timeout:
+			t.Fatal("memsync writes waited for the secondary's disk: an early ack was held back")
+		}
+	}
+	// Writes also complete when the link times out (the primary goes on alone), so they must
+	// have completed with the link up.
+	for len(pt.pevents) > 0 {
+		if e := <-pt.pevents; e == EventDisconnect {
+			t.Fatal("the writes completed only because the link to the secondary timed out: an early ack was held back")
+		}
+	}
+	if !pt.p.Status().Connected {
+		t.Fatal("the link went down while the secondary's writes were held")
+	}
+	close(g.release)
+	released = true
+	pt.waitSynced(t)
+	if !bytes.Equal(dataOf(t, pt.pmem), dataOf(t, pt.smem)) {
+		t.Fatal("copies differ once the secondary's writes were released")
+	}
+}
+
 // TestStaleLocalExtentIsPulledNeverPushed: after a local write fails while the peer's copy
 // succeeds, the extent is repaired from the peer, and while the peer is unreachable the range is
 // neither written nor read locally — a resync must never push the stale copy over the good one.

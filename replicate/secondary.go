@@ -335,7 +335,9 @@ func (s *secondary) serve() error {
 }
 
 func (s *secondary) readLoop(work chan<- sreq) error {
-	rd := proto.NewReader(bufio.NewReaderSize(s.c1, recvBufferSize), MaxRecvIO+4096)
+	br := bufio.NewReaderSize(s.c1, recvBufferSize)
+	rd := proto.NewReader(br, MaxRecvIO+4096)
+	var spare []sreply // the reader's half of the reply queue's buffers (see flushReplies)
 	idle := max(s.cfg.Timeout, 2*s.cfg.Keepalive)
 	first := true
 	for {
@@ -374,7 +376,9 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 			}
 		}
 		if r.memsync {
-			s.queueReply(sreply{seq: seq, received: true})
+			// Early acks of the frames that arrived together leave in one write. Queued
+			// before the request goes to a worker, each precedes its final reply.
+			s.holdReply(sreply{seq: seq, received: true})
 		}
 		if !s.track(r) {
 			s.finishAcked(r)
@@ -386,6 +390,11 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 			s.untrack(r.seq)
 			s.finishAcked(r)
 			return s.failErr
+		}
+		if r.memsync && br.Buffered() == 0 {
+			if err := s.flushReplies(&spare); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -565,6 +574,41 @@ func (s *secondary) queueReply(r sreply) {
 	case s.rkick <- struct{}{}:
 	default:
 	}
+}
+
+// holdReply queues r without sending it; flushReplies, or the next reply queued, sends it.
+func (s *secondary) holdReply(r sreply) {
+	s.rmu.Lock()
+	s.replies = append(s.replies, r)
+	s.rmu.Unlock()
+}
+
+// flushReplies sends every queued reply: itself in one writev when nobody is sending, else by
+// waking replyLoop. spare is the caller's buffer for swapping with the queue.
+func (s *secondary) flushReplies(spare *[]sreply) error {
+	if !s.sendMu.TryLock() {
+		select {
+		case s.rkick <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	s.rmu.Lock()
+	batch := s.replies
+	s.replies = (*spare)[:0]
+	s.rmu.Unlock()
+	var err error
+	if len(batch) > 0 {
+		err = s.sendReplies(batch)
+	}
+	s.sendMu.Unlock()
+	if err != nil {
+		s.fail(err)
+		return err
+	}
+	clear(batch)
+	*spare = batch
+	return nil
 }
 
 // replyLoop sends queued replies on c2, all that are waiting in one writev.
