@@ -255,12 +255,7 @@ func TestServerStuckClient(t *testing.T) {
 	)
 	vol := newMemVolume(8<<20, 512)
 	ts := startServerWith(t, newExports("disk1", vol), withBudget(serverBytes, connBytes))
-	stuck := dialRaw(t, ts.sock)
-	stuck.enterGo("disk1")
-	// Far more reply data than a socket buffer holds, so the server's writer blocks.
-	for i := range 16 {
-		stuck.request(0, cmdRead, uint64(i), 0, reqSize, nil)
-	}
+	stuck := stuckReader(t, ts.sock, reqSize)
 	testsupport.WaitUntil(t, "the stuck client holds its share", func() bool {
 		h := ts.connHeld()
 		return len(h) == 1 && h[0] >= connBytes
@@ -270,8 +265,50 @@ func TestServerStuckClient(t *testing.T) {
 	// The client's Close waits for its requests, which may be waiting for the stuck client's
 	// budget if the test fails: let that go first.
 	t.Cleanup(func() { stuck.nc.Close() })
+	finish(t, "the other client's requests", writeReadBack(t, c, pattern(serverBytes-connBytes, 9)))
+	for _, h := range ts.connHeld() {
+		if h > connBytes {
+			t.Errorf("a connection holds %d bytes, more than its share %d", h, connBytes)
+		}
+	}
+	stuck.nc.Close()
+}
+
+// TestServerDropsClientsThatStopReading: two clients that send reads and never read the replies
+// hold the whole budget between them; once their replies have waited replyTimeout they are
+// disconnected, their budget comes back, and a third client is served.
+func TestServerDropsClientsThatStopReading(t *testing.T) {
+	const (
+		serverBytes = 4 << 20
+		connBytes   = serverBytes / 2
+		reqSize     = 1 << 20
+	)
+	vol := newMemVolume(8<<20, 512)
+	ts := startServerWith(t, newExports("disk1", vol), func(s *Server) {
+		withBudget(serverBytes, connBytes)(s)
+		s.replyTimeout = 200 * time.Millisecond
+	})
+	var stuck []*rawConn
+	for range 2 {
+		stuck = append(stuck, stuckReader(t, ts.sock, reqSize))
+	}
+	c := dialTest(t, "unix", ts.sock, "disk1")
+	// The client's Close waits for its requests, which wait for the stuck clients' budget if
+	// the test fails: let them go first.
+	t.Cleanup(func() {
+		for _, s := range stuck {
+			s.nc.Close()
+		}
+	})
+	// The whole budget: it needs both stuck clients gone.
+	finish(t, "the third client's requests", writeReadBack(t, c, pattern(serverBytes, 7)))
+	testsupport.WaitUntil(t, "the stuck clients to be disconnected", func() bool { return len(ts.connHeld()) == 1 })
+}
+
+// writeReadBack writes want at offset 0 through c and reads it back, in a goroutine; the
+// returned channel is closed when it is done (failures are reported on t).
+func writeReadBack(t *testing.T, c *Client, want []byte) <-chan struct{} {
 	done := make(chan struct{})
-	want := pattern(serverBytes-connBytes, 9)
 	go func() {
 		defer close(done)
 		if _, err := c.WriteAt(want, 0); err != nil {
@@ -285,11 +322,16 @@ func TestServerStuckClient(t *testing.T) {
 			t.Error("read back different data")
 		}
 	}()
-	finish(t, "the other client's requests", done)
-	for _, h := range ts.connHeld() {
-		if h > connBytes {
-			t.Errorf("a connection holds %d bytes, more than its share %d", h, connBytes)
-		}
+	return done
+}
+
+// stuckReader connects to disk1 and sends 16 reads of reqSize whose replies it never reads: far
+// more reply data than a socket buffer holds, so the server's writer blocks.
+func stuckReader(t *testing.T, sock string, reqSize uint32) *rawConn {
+	c := dialRaw(t, sock)
+	c.enterGo("disk1")
+	for i := range 16 {
+		c.request(0, cmdRead, uint64(i), 0, reqSize, nil)
 	}
-	stuck.nc.Close()
+	return c
 }

@@ -416,6 +416,9 @@ func (c *conn) writeLoop() {
 				}
 			}
 			out := bufs
+			if !c.isStopping() { // shutdown has set its own, shorter, deadline
+				c.nc.SetWriteDeadline(time.Now().Add(c.srv.replyTimeout))
+			}
 			if _, err := out.WriteTo(c.nc); err != nil {
 				// Keep draining so workers and the reader never block on us; the replies are
 				// dropped, which is all a broken connection allows.

@@ -31,5 +31,6 @@
 // buffers come from size-classed pools. The payload bytes in flight are bounded for the whole
 // server (MaxInFlightBytes, shared by all connections, granted in arrival order) so that the
 // daemon's memory does not grow with the number of clients, and for each connection (half of
-// that) so that one client that stops reading its replies cannot stall the others.
+// that) so that one client that stops reading its replies cannot stall the others; a client
+// whose replies cannot be sent for a minute is disconnected, which gives its share back.
 package nbd

@@ -36,6 +36,12 @@ var ErrServerClosed = errors.New("nbd: server closed")
 // client that stopped reading.
 const shutdownGrace = 5 * time.Second
 
+// replyTimeout is how long the replies of one batch may take to reach the socket. A client that
+// stops reading its replies for that long is disconnected: otherwise it would keep its share of
+// the server's payload budget (and two such clients all of it) for ever. Kernel and qemu clients
+// read replies as they come; Linux's own nbd client gives up on a request after 30 s.
+const replyTimeout = 60 * time.Second
+
 // Server serves NBD clients on any number of listeners. It is safe for concurrent use.
 type Server struct {
 	exp Exports
@@ -45,6 +51,8 @@ type Server struct {
 	// of it (see budget.go).
 	budget    *budget.Budget
 	connBytes int64
+
+	replyTimeout time.Duration // replyTimeout; tests shorten it
 
 	mu        sync.Mutex
 	closed    bool
@@ -60,8 +68,10 @@ func NewServer(exp Exports, log zerolog.Logger) *Server {
 		log:       log,
 		budget:    budget.New(MaxInFlightBytes),
 		connBytes: connInFlightBytes,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
+
+		replyTimeout: replyTimeout,
+		listeners:    make(map[net.Listener]struct{}),
+		conns:        make(map[*conn]struct{}),
 	}
 }
 
