@@ -338,9 +338,17 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 	br := bufio.NewReaderSize(s.c1, recvBufferSize)
 	rd := proto.NewReader(br, MaxRecvIO+4096)
 	var spare []sreply // the reader's half of the reply queue's buffers (see flushReplies)
+	held := false      // early acks queued by holdReply and maybe not sent yet
 	idle := max(s.cfg.Timeout, 2*s.cfg.Keepalive)
 	first := true
 	for {
+		// Before waiting for more bytes, send the early acks of the frames already read.
+		if held && br.Buffered() == 0 {
+			if err := s.flushReplies(&spare); err != nil {
+				return err
+			}
+			held = false
+		}
 		s.c1.SetReadDeadline(time.Now().Add(idle))
 		_, msg, payload, err := rd.Next()
 		if err != nil {
@@ -379,6 +387,7 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 			// Early acks of the frames that arrived together leave in one write. Queued
 			// before the request goes to a worker, each precedes its final reply.
 			s.holdReply(sreply{seq: seq, received: true})
+			held = true
 		}
 		if !s.track(r) {
 			s.finishAcked(r)
@@ -390,11 +399,6 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 			s.untrack(r.seq)
 			s.finishAcked(r)
 			return s.failErr
-		}
-		if r.memsync && br.Buffered() == 0 {
-			if err := s.flushReplies(&spare); err != nil {
-				return err
-			}
 		}
 	}
 }
@@ -593,6 +597,18 @@ func (s *secondary) flushReplies(spare *[]sreply) error {
 		}
 		return nil
 	}
+	err := s.sendQueuedLocked(spare)
+	s.sendMu.Unlock()
+	if err != nil {
+		s.fail(err)
+	}
+	return err
+}
+
+// sendQueuedLocked takes the reply queue, swapping in *spare, and sends it in one writev;
+// sendMu is held, which orders the batch after replies sent directly before and before those
+// sent directly after. The sent batch, emptied, becomes *spare.
+func (s *secondary) sendQueuedLocked(spare *[]sreply) error {
 	s.rmu.Lock()
 	batch := s.replies
 	s.replies = (*spare)[:0]
@@ -601,44 +617,27 @@ func (s *secondary) flushReplies(spare *[]sreply) error {
 	if len(batch) > 0 {
 		err = s.sendReplies(batch)
 	}
-	s.sendMu.Unlock()
-	if err != nil {
-		s.fail(err)
-		return err
-	}
-	clear(batch)
+	clear(batch) // drop the references to read buffers already returned to the pool
 	*spare = batch
-	return nil
+	return err
 }
 
 // replyLoop sends queued replies on c2, all that are waiting in one writev.
 func (s *secondary) replyLoop() {
-	var batch, spare []sreply
+	var spare []sreply
 	for {
 		select {
 		case <-s.done:
 			return
 		case <-s.rkick:
 		}
-		// Taking the queue under sendMu orders it after replies sent directly before, and
-		// before those sent directly after.
 		s.sendMu.Lock()
-		s.rmu.Lock()
-		batch, s.replies = s.replies, spare[:0]
-		s.rmu.Unlock()
-		if len(batch) == 0 {
-			s.sendMu.Unlock()
-			spare = batch
-			continue
-		}
-		err := s.sendReplies(batch)
+		err := s.sendQueuedLocked(&spare)
 		s.sendMu.Unlock()
 		if err != nil {
 			s.fail(err)
 			return
 		}
-		clear(batch) // drop the references to read buffers already returned to the pool
-		spare = batch
 	}
 }
 
