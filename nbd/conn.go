@@ -70,15 +70,28 @@ func (c *conn) isStopping() bool {
 func (c *conn) shutdown() {
 	c.mu.Lock()
 	already := c.stopping
-	c.stopping = true
+	if !already {
+		c.stopping = true
+		// Under c.mu, so that armReplyDeadline cannot overwrite the grace with its own.
+		now := time.Now()
+		c.nc.SetReadDeadline(now)
+		c.nc.SetWriteDeadline(now.Add(shutdownGrace))
+	}
 	c.mu.Unlock()
 	if already {
 		return
 	}
-	now := time.Now()
-	c.nc.SetReadDeadline(now)
-	c.nc.SetWriteDeadline(now.Add(shutdownGrace))
 	c.budget.close()
+}
+
+// armReplyDeadline bounds the next write of replies by the server's replyTimeout, unless the
+// connection is shutting down: shutdown's deadline, which is shorter, stays.
+func (c *conn) armReplyDeadline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopping {
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.replyTimeout))
+	}
 }
 
 // serve runs the connection to its end.
@@ -416,9 +429,7 @@ func (c *conn) writeLoop() {
 				}
 			}
 			out := bufs
-			if !c.isStopping() { // shutdown has set its own, shorter, deadline
-				c.nc.SetWriteDeadline(time.Now().Add(c.srv.replyTimeout))
-			}
+			c.armReplyDeadline()
 			if _, err := out.WriteTo(c.nc); err != nil {
 				// Keep draining so workers and the reader never block on us; the replies are
 				// dropped, which is all a broken connection allows.

@@ -109,7 +109,7 @@ type Ring struct {
 
 	mu       sync.Mutex
 	queue    []uint32 // slots ready for submission
-	sleeping bool     // the loop is, or is about to be, waiting in io_uring_enter
+	sleeping bool     // the loop is, or is about to be, waiting (in the poller or io_uring_enter)
 	closed   bool
 	fatal    error // set when io_uring_enter failed in a way retrying cannot fix
 
@@ -369,7 +369,8 @@ func (r *Ring) unlockAndWake() {
 	}
 }
 
-// wake interrupts the loop's io_uring_enter by making its eventfd read complete.
+// wake ends the loop's wait by signalling its eventfd: readable in the poller, or the
+// completion of the eventfd read the ring holds.
 func (r *Ring) wake() {
 	for {
 		_, err := unix.Write(r.efd, wakeValue[:])
