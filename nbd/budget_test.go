@@ -35,16 +35,7 @@ func withBudget(serverBytes, connBytes int64) func(*Server) {
 	}
 }
 
-// finish waits for done, with the same liveness guard as testsupport.WaitUntil.
-func finish(t *testing.T, what string, done <-chan struct{}) {
-	t.Helper()
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatalf("never finished: %s", what)
-	}
-}
-
+// TestBudgetStuckConnection: a connection whose requests never complete (a client that stopped
 // reading its replies) holds its own limit and no more, and the others go on with the rest.
 func TestBudgetStuckConnection(t *testing.T) {
 	shared := budget.New(10)
@@ -74,12 +65,12 @@ func TestBudgetStuckConnection(t *testing.T) {
 			other.release(held)
 		}
 	}()
-	finish(t, "the other connection's requests", done)
+	testsupport.Receive(t, "the other connection's requests", done)
 	if h := stuck.heldBytes(); h != 5 {
 		t.Errorf("the stuck connection holds %d bytes, want its limit 5", h)
 	}
 	stuck.close()
-	finish(t, "the stuck connection's reader after close", stuckDone)
+	testsupport.Receive(t, "the stuck connection's reader after close", stuckDone)
 }
 
 // TestBudgetOversized: a request larger than a connection's limit is charged the limit, so it
@@ -238,7 +229,7 @@ func TestServerBudgetSharedByConnections(t *testing.T) {
 	openGate()
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	finish(t, "the requests", done)
+	testsupport.Receive(t, "the requests", done)
 	if _, peak := vol.load(); peak > serverBytes {
 		t.Errorf("%d payload bytes in the volume at once, more than the server's budget %d", peak, serverBytes)
 	}
@@ -265,7 +256,7 @@ func TestServerStuckClient(t *testing.T) {
 	// The client's Close waits for its requests, which may be waiting for the stuck client's
 	// budget if the test fails: let that go first.
 	t.Cleanup(func() { stuck.nc.Close() })
-	finish(t, "the other client's requests", writeReadBack(t, c, pattern(serverBytes-connBytes, 9)))
+	testsupport.Receive(t, "the other client's requests", writeReadBack(t, c, pattern(serverBytes-connBytes, 9)))
 	for _, h := range ts.connHeld() {
 		if h > connBytes {
 			t.Errorf("a connection holds %d bytes, more than its share %d", h, connBytes)
@@ -301,7 +292,7 @@ func TestServerDropsClientsThatStopReading(t *testing.T) {
 		}
 	})
 	// The whole budget: it needs both stuck clients gone.
-	finish(t, "the third client's requests", writeReadBack(t, c, pattern(serverBytes, 7)))
+	testsupport.Receive(t, "the third client's requests", writeReadBack(t, c, pattern(serverBytes, 7)))
 	testsupport.WaitUntil(t, "the stuck clients to be disconnected", func() bool { return len(ts.connHeld()) == 1 })
 }
 
