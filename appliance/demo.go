@@ -111,14 +111,15 @@ func NewCluster(opt ClusterOptions, out, log io.Writer) (*Cluster, error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		port := 8457 + i
-		if opt.Wrap == nil {
-			// On the shared loopback the HAST port may be taken; in a namespace it is free.
-			p, err := freePort(ips[i])
-			if err != nil {
-				return nil, fmt.Errorf("pick a port on %s: %w", ips[i], err)
-			}
-			port = p
+		// On the shared loopback the HAST port may be taken, so a node takes a port the
+		// kernel picks. An address that does not exist here belongs to a network namespace of
+		// the caller's (Wrap runs the daemon there), where the HAST port is free.
+		port, err := freePort(ips[i])
+		switch {
+		case errors.Is(err, unix.EADDRNOTAVAIL):
+			port = 8457 + i
+		case err != nil:
+			return nil, fmt.Errorf("pick a port on %s: %w", ips[i], err)
 		}
 		n := &Node{Name: name, Dir: dir, Addr: fmt.Sprintf("%s:%d", ips[i], port), NBD: filepath.Join(dir, "nbd.sock")}
 		if opt.FUSE {
