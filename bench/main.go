@@ -47,6 +47,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	var (
 		quick      = fs.Bool("quick", false, "run the quick matrix (1 MiB seq write QD8, 4 KiB rand write QD32, 4 KiB write QD1)")
 		size       = sizeFlag{v: 0}
+		runBytes   = sizeFlag{}
 		runtime    = fs.Duration("runtime", 0, "measured time per run (default 2s with --quick, 4s otherwise)")
 		warmup     = fs.Duration("warmup", -1, "unmeasured warm-up per run (default 500ms with --quick, 1s otherwise)")
 		repeat     = fs.Int("repeat", 0, "repetitions of the matrix; each row reports its median run (default 1 with --quick, 3 otherwise)")
@@ -79,6 +80,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		tracePath  = fs.String("trace", "", "write a Go execution trace of the whole run to this file (go tool trace); keep the run short")
 	)
 	fs.Var(&size, "size", "size of each backing file, e.g. 1G (default 1G with --quick, 2G otherwise; with --fio: at most this much of the target)")
+	fs.Var(&runBytes, "bytes", "end each measured run after this much I/O (e.g. 4M) instead of after --runtime: every run completes operations however busy the machine is")
 	fs.Var(&syncRate, "sync-rate", "also resync at this rate (bytes/s, e.g. 100M) and report measured/configured")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -131,7 +133,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		rep, err = RunFioSuite(ctx, FioOptions{Target: *fioTarget, Label: *fioLabel, Dir: *dir, Size: size.v,
 			Jobs: splitList(*fioJobs), Runtime: *fioRuntime, Ramp: *fioRamp, SkipRaw: *fioRaw, Progress: stderr, Log: log})
 	} else {
-		opt := Options{Dir: *dir, Size: size.v, Runtime: *runtime, Warmup: *warmup, Repeat: *repeat,
+		opt := Options{Dir: *dir, Size: size.v, Runtime: *runtime, Bytes: runBytes.v, Warmup: *warmup, Repeat: *repeat,
 			Targets: splitList(*targets), Verify: *verify, Direct: true, Log: log, Progress: stderr,
 			SyncRate: syncRate.v, Command: "hast bench " + strings.Join(args, " ")}
 		switch *baselineIO {

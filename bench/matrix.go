@@ -24,7 +24,10 @@ type Options struct {
 	// Size of each of the four backing files.
 	Size    int64
 	Runtime time.Duration
-	Warmup  time.Duration
+	// Bytes, when positive, ends each measured run after this much I/O instead of after
+	// Runtime, so that every run completes operations however little CPU it gets.
+	Bytes  int64
+	Warmup time.Duration
 	// Repeat runs the whole matrix this many times (round-robin, so slow drift of the disk
 	// affects every target alike) and reports each row's median run.
 	Repeat    int
@@ -152,7 +155,7 @@ func RunMatrix(ctx context.Context, opt Options) (*Report, error) {
 		baselineIO = "O_DIRECT"
 	}
 	r.rep = &Report{Machine: DescribeMachine(dir), Settings: Settings{Command: opt.Command, Size: opt.Size, Region: r.region,
-		RuntimeS: opt.Runtime.Seconds(), WarmupS: opt.Warmup.Seconds(), Repeat: opt.Repeat, BaselineIO: baselineIO, Dir: opt.Dir,
+		RuntimeS: opt.Runtime.Seconds(), BytesPerRun: opt.Bytes, WarmupS: opt.Warmup.Seconds(), Repeat: opt.Repeat, BaselineIO: baselineIO, Dir: opt.Dir,
 		KeepDirty: opt.Pair.KeepDirty}}
 	r.total = r.count() * opt.Repeat
 
@@ -184,7 +187,7 @@ func RunMatrix(ctx context.Context, opt Options) (*Report, error) {
 		if err != nil {
 			r.rep.Resync = &ResyncResult{Error: err.Error()}
 		} else {
-			r.rep.Resync = RunResync(ctx, r.pair, id, ResyncOptions{Region: r.region, FgRuntime: opt.Runtime,
+			r.rep.Resync = RunResync(ctx, r.pair, id, ResyncOptions{Region: r.region, FgRuntime: opt.Runtime, FgBytes: opt.Bytes,
 				SyncRate: opt.SyncRate, Progress: r.progress})
 			id.Close()
 		}
@@ -291,6 +294,9 @@ func (r *runner) runAll(t Target, target, mode string, amap func() uint64) error
 			return err
 		}
 		w.Runtime, w.Warmup, w.Region, w.Verify = r.opt.Runtime, r.opt.Warmup, r.region, r.opt.Verify && !w.ReadOnly()
+		if r.opt.Bytes > 0 {
+			w.Runtime, w.TotalBytes = 0, r.opt.Bytes
+		}
 		w.Seed = uint64(r.round)
 		row := r.row(w, target, mode)
 		r.done++

@@ -44,15 +44,16 @@ type Report struct {
 
 // Settings echo the options a report was measured with.
 type Settings struct {
-	Command    string  `json:"command,omitempty"`
-	Size       int64   `json:"size_bytes"`
-	Region     int64   `json:"region_bytes"`
-	RuntimeS   float64 `json:"runtime_s"`
-	WarmupS    float64 `json:"warmup_s"`
-	Repeat     int     `json:"repeat"`
-	BaselineIO string  `json:"baseline_io"`
-	Dir        string  `json:"dir"`
-	KeepDirty  uint32  `json:"keepdirty,omitempty"` // the volume's keepdirty LRU length
+	Command     string  `json:"command,omitempty"`
+	Size        int64   `json:"size_bytes"`
+	Region      int64   `json:"region_bytes"`
+	RuntimeS    float64 `json:"runtime_s"`
+	BytesPerRun int64   `json:"bytes_per_run,omitempty"` // --bytes: runs end after this much I/O, not after runtime_s
+	WarmupS     float64 `json:"warmup_s"`
+	Repeat      int     `json:"repeat"`
+	BaselineIO  string  `json:"baseline_io"`
+	Dir         string  `json:"dir"`
+	KeepDirty   uint32  `json:"keepdirty,omitempty"` // the volume's keepdirty LRU length
 }
 
 // Row is one workload on one target: the representative run (median throughput of the
@@ -419,6 +420,9 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(ew, "size %s per file (region %s), runtime %v, warm-up %v, %d repetition(s), baselines %s, dir %s\n",
 		fmtBytes(s.Size), fmtBytes(s.Region), time.Duration(s.RuntimeS*float64(time.Second)), time.Duration(s.WarmupS*float64(time.Second)),
 		s.Repeat, s.BaselineIO, s.Dir)
+	if s.BytesPerRun != 0 {
+		fmt.Fprintf(ew, "each run ends after %s of I/O, not after the runtime\n", fmtBytes(s.BytesPerRun))
+	}
 	if s.KeepDirty != 0 {
 		fmt.Fprintf(ew, "volume: keepdirty %d\n", s.KeepDirty)
 	}

@@ -38,6 +38,8 @@ type ResyncOptions struct {
 	Region int64
 	// FgRuntime is how long the baseline foreground latency run lasts.
 	FgRuntime time.Duration
+	// FgBytes, when positive, ends the baseline run after this much I/O instead.
+	FgBytes int64
 	// SyncRate, when positive, adds a rate-limited resync of about RateSeconds.
 	SyncRate    int64
 	RateSeconds float64
@@ -119,6 +121,9 @@ func runResync(ctx context.Context, pp *Pair, ideal *Ideal, opt ResyncOptions, r
 
 	// Foreground latency: without, then during a resync.
 	fg := Workload{Name: WLatWrite, Pattern: Random, BlockSize: 4 << 10, QueueDepth: 1, Runtime: opt.FgRuntime, Region: region, Seed: 7}
+	if opt.FgBytes > 0 {
+		fg.Runtime, fg.TotalBytes = 0, opt.FgBytes
+	}
 	base, err := Run(ctx, pp.Volume(), fg)
 	if err != nil {
 		return fmt.Errorf("foreground baseline: %w", err)
@@ -133,7 +138,7 @@ func runResync(ctx context.Context, pp *Pair, ideal *Ideal, opt ResyncOptions, r
 		close(done)
 	}()
 	fg.Stop = done
-	fg.Runtime = time.Hour
+	fg.Runtime, fg.TotalBytes = time.Hour, 0
 	during, err := Run(ctx, pp.Volume(), fg)
 	<-done
 	if err != nil {

@@ -23,10 +23,10 @@ func TestQuickMatrixSmoke(t *testing.T) {
 	dir := t.TempDir()
 	pngPath := filepath.Join(dir, "chart.png")
 	var stdout, stderr bytes.Buffer
-	// The warm-up absorbs the slow first writes of each run (fresh extents marked in the
-	// activemap, pages read into the cache) so that even a loaded machine completes operations
-	// inside the short measured phase.
-	args := []string{"--quick", "--size", "24M", "--runtime", "250ms", "--warmup", "200ms", "--dir", dir,
+	// Each run ends after a number of bytes, not after a time: a machine busy with other work
+	// slows the runs down but cannot leave one without operations.
+	const runBytes = 4 << 20
+	args := []string{"--quick", "--size", "24M", "--bytes", "4M", "--warmup", "0", "--dir", dir,
 		"--resync", "--sync-rate", "32M", "-o", "json", "--png", pngPath}
 	if rc := Main(args, &stdout, &stderr); rc != 0 {
 		t.Fatalf("exit status %d\nstderr:\n%s", rc, stderr.String())
@@ -34,6 +34,10 @@ func TestQuickMatrixSmoke(t *testing.T) {
 	var rep Report
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 		t.Fatalf("report is not JSON: %v\n%s", err, stdout.String())
+	}
+	blockSize := map[string]int{}
+	for _, w := range QuickWorkloads() {
+		blockSize[w.Name] = w.BlockSize
 	}
 	seen := map[string]bool{}
 	for _, r := range rep.Rows {
@@ -45,6 +49,9 @@ func TestQuickMatrixSmoke(t *testing.T) {
 		s := r.Stats
 		if s.MiBps <= 0 || s.IOPS <= 0 || s.LatP50Us <= 0 || s.LatP99Us < s.LatP50Us || s.Ops <= 0 || s.CPUSeconds <= 0 {
 			t.Errorf("%s %s: implausible stats %+v", r.Workload, r.Label(), s)
+		}
+		if bs := blockSize[r.Workload]; bs == 0 || s.Ops != runBytes/int64(bs) {
+			t.Errorf("%s %s: %d operations, want exactly %d of %d bytes", r.Workload, r.Label(), s.Ops, runBytes/max(bs, 1), bs)
 		}
 		if r.Target != KindRaw && r.VsRaw == nil {
 			t.Errorf("%s %s: no ratio against raw", r.Workload, r.Label())
