@@ -77,6 +77,9 @@ type Daemon struct {
 // NewDaemon loads the configuration, takes the pidfile and opens the control socket and the
 // listen addresses. Errors carry the sysexits code HAST uses (see ExitCode).
 func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
+	if err := checkFrontendPaths(opt.FUSE, opt.NBD); err != nil {
+		return nil, exitErr(exUsage, err)
+	}
 	cfg, err := config.Load(opt.ConfigPath, config.Options{Node: opt.Node})
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
