@@ -422,12 +422,17 @@ func (d *Daemon) linkConfig(name string) (*linksec.Config, error) {
 // knownPeer reports whether ip is the remote of any resource (others are dropped at once).
 func (d *Daemon) knownPeer(ip net.IP) bool {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	rs := make([]*resource, 0, len(d.resources))
 	for _, r := range d.resources {
+		rs = append(rs, r)
+	}
+	d.mu.Unlock()
+	// Remote names are looked up here, outside the locks.
+	for _, r := range rs {
 		r.mu.Lock()
-		ok := r.remoteIP != nil && r.remoteIP.Equal(ip)
+		remote := r.remote
 		r.mu.Unlock()
-		if ok {
+		if remote.is(ip, r.log) {
 			return true
 		}
 	}

@@ -60,14 +60,14 @@ type resource struct {
 	log  zerolog.Logger
 	name string
 
-	mu       sync.Mutex
-	cfg      *config.Resource
-	remoteIP net.IP          // resolved remote, nil for `remote none`
-	link     *linksec.Config // link security, nil for plain HAST
-	rcfg     replicate.Config
-	role     Role
-	dev      blockdev.Device
-	primary  *replicate.Primary
+	mu      sync.Mutex
+	cfg     *config.Resource
+	remote  *remoteName     // nil for `remote none`
+	link    *linksec.Config // link security, nil for plain HAST
+	rcfg    replicate.Config
+	role    Role
+	dev     blockdev.Device
+	primary *replicate.Primary
 	// secondary session
 	secCancel context.CancelFunc
 	secDone   chan struct{}
@@ -145,7 +145,7 @@ func (r *resource) setConfig(rc *config.Resource) error {
 			r.evMu.Unlock()
 		},
 	}
-	var ip net.IP
+	var remote *remoteName
 	if rc.Remote != "none" {
 		a, err := config.ParseAddr(rc.Remote, defaultPort)
 		if err != nil {
@@ -154,11 +154,12 @@ func (r *resource) setConfig(rc *config.Resource) error {
 		if a.Network == "unix" {
 			return fmt.Errorf("resource %s: remote %s: replication needs a TCP address", rc.Name, rc.Remote)
 		}
-		ta, err := net.ResolveTCPAddr(a.Network, a.Address)
+		host, _, err := net.SplitHostPort(a.Address)
 		if err != nil {
-			return fmt.Errorf("resource %s: resolve remote %s: %w", rc.Name, rc.Remote, err)
+			return fmt.Errorf("resource %s: remote %s: %w", rc.Name, rc.Remote, err)
 		}
-		rcfg.Network, rcfg.Remote, ip = a.Network, ta.String(), ta.IP
+		// A name is looked up by each connection attempt, not here (see remoteName).
+		rcfg.Network, rcfg.Remote, remote = a.Network, a.Address, newRemoteName(a.Network, host)
 		if rc.Source != "" {
 			sa, err := config.ParseAddr(rc.Source, 0)
 			if err != nil {
@@ -179,7 +180,7 @@ func (r *resource) setConfig(rc *config.Resource) error {
 		rcfg.Dial = link.Dialer(dial)
 	}
 	r.mu.Lock()
-	r.cfg, r.rcfg, r.remoteIP, r.link = rc, rcfg, ip, link
+	r.cfg, r.rcfg, r.remote, r.link = rc, rcfg, remote, link
 	r.mu.Unlock()
 	r.evMu.Lock()
 	r.hookExec = rc.Exec
@@ -333,10 +334,14 @@ const (
 // Admit implements replicate.Target.
 func (r *resource) Admit(peer net.IP, link replicate.Link) (string, bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.remoteIP == nil || (peer != nil && !r.remoteIP.Equal(peer)) {
+	remote := r.remote
+	r.mu.Unlock()
+	// The lookup of a remote name happens outside mu: status must not wait for DNS.
+	if remote == nil || (peer != nil && !remote.is(peer, r.log)) {
 		return "No access to the resource.", false
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	// No downgrade: a resource with link security takes only secured connections, and one
 	// without refuses them, so a misconfiguration shows on both nodes instead of working
 	// half-secured. (The acceptor has already refused a secured connection whose handshake
