@@ -57,6 +57,12 @@ type Metadata struct {
 	// its copy is not consistent and must not be promoted without --force. nv name
 	// "inconsistent" (uint8 1), written only when set.
 	Inconsistent bool
+	// Extension (ours), kept by a secondary: the extents set in this node's on-disk activemap
+	// are ones the primary failed to write locally, so this copy is the only good one there
+	// and they must be pulled from here, never pushed over. While set, the bitmap holds
+	// nothing else (it is cleared when the session starts). nv name "primarystale" (uint8 1),
+	// written only when set.
+	PrimaryStale bool
 }
 
 // MapSize returns the size of the on-disk bitmap area: LocalOff − MetadataSize.
@@ -236,6 +242,9 @@ func (md *Metadata) encode() ([]byte, error) {
 	if md.Inconsistent {
 		l.AddUint8("inconsistent", 1)
 	}
+	if md.PrimaryStale {
+		l.AddUint8("primarystale", 1)
+	}
 	if l.EncodedLen() > MetadataSize {
 		return nil, fmt.Errorf("metadata for resource %q encodes to %d bytes, more than the %d-byte block",
 			md.Resource, l.EncodedLen(), MetadataSize)
@@ -317,6 +326,9 @@ func ReadMetadata(d Device, resource string) (*Metadata, error) {
 	}
 	if v, ok := l.Uint8("inconsistent"); ok && v != 0 {
 		md.Inconsistent = true
+	}
+	if v, ok := l.Uint8("primarystale"); ok && v != 0 {
+		md.PrimaryStale = true
 	}
 	if len(missing) > 0 {
 		return nil, badMetadata("fields missing or of the wrong type: %s", strings.Join(missing, ", "))

@@ -391,15 +391,18 @@ func TestMetadataRoundTripCounters(t *testing.T) {
 		t.Fatal(err)
 	}
 	md.ResUID, md.LocalCnt, md.RemoteCnt, md.PeerRemoteCnt, md.PrevRole = 1<<63|5, 1<<40, 3, 1<<62, "primary"
-	if err := WriteMetadata(d, md); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ReadMetadata(d, "r")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if *got != *md {
-		t.Fatalf("round trip: got %+v, want %+v", *got, *md)
+	for _, flags := range []struct{ inconsistent, primaryStale bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		md.Inconsistent, md.PrimaryStale = flags.inconsistent, flags.primaryStale
+		if err := WriteMetadata(d, md); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadMetadata(d, "r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if *got != *md {
+			t.Fatalf("round trip: got %+v, want %+v", *got, *md)
+		}
 	}
 }
 

@@ -172,6 +172,16 @@ func (p *Primary) connect() (err error) {
 		}
 		out.AddUint8Array("x_primary_map", ownMap)
 	}
+	if features&FeatStale != 0 {
+		// The stale extents the peer recorded for us in this run: we know not to have
+		// written them without it.
+		p.mu.Lock()
+		known := p.staleRecordedBitmap()
+		p.mu.Unlock()
+		if known != nil && len(known) <= maxPullMap {
+			out.AddUint8Array("x_stale_known", known)
+		}
+	}
 	if err := proto.WriteFrame(c2, version, &out, nil); err != nil {
 		return fmt.Errorf("send second handshake: %w", err)
 	}
@@ -224,6 +234,9 @@ func (p *Primary) connect() (err error) {
 		}
 	}
 	_, peerVirgin := in.Int8("virgin")
+	if pull, ok := in.Uint8Array("x_pull_map"); ok {
+		p.adoptPullMap(pull)
+	}
 
 	p.mu.Lock()
 	p.md.PeerRemoteCnt = src

@@ -61,8 +61,15 @@ type Primary struct {
 	md   blockdev.Metadata
 	am   *blockdev.ActiveMap
 	// stale marks extents whose local copy is known bad (a local write failed while the peer's
-	// succeeded): reads of them go to the peer.
-	stale map[int]struct{}
+	// succeeded): reads of them go to the peer. The value says whether the peer has recorded it
+	// durably (CmdStale), so that it survives a restart of this node.
+	stale map[int]bool
+	// staleOnDisk: our metadata's inconsistent mark, set for stale extents, is on disk.
+	staleOnDisk bool
+	// bumpWanted counts requests for a background counter bump (bumpSoon).
+	bumpWanted atomic.Int32
+	// syncRetry is the wait before a failed synchronisation is tried again on the same link.
+	syncRetry time.Duration
 	// unflushed lists extents the peer acknowledged but has not yet flushed; if the link drops,
 	// the peer may lose them with its page cache, so they are resynced.
 	unflushed    []bool
@@ -142,7 +149,7 @@ func OpenPrimary(cfg Config, dev blockdev.Device, log zerolog.Logger) (*Primary,
 		cfg: cfg, log: log.With().Str("resource", cfg.Name).Str("role", "primary").Logger(),
 		dev: dev, base: int64(md.LocalOff), size: int64(md.DataSize), sect: dev.SectorSize(),
 		ext: md.ExtentSize, eshift: uint(bits.TrailingZeros32(md.ExtentSize)),
-		md: *md, am: am, stale: map[int]struct{}{},
+		md: *md, am: am, stale: map[int]bool{},
 		unflushed: make([]bool, am.Extents()),
 		sem:       make(chan struct{}, MaxInflight),
 		copies:    budget.New(cfg.asyncBuffer),
@@ -153,6 +160,9 @@ func OpenPrimary(cfg Config, dev blockdev.Device, log zerolog.Logger) (*Primary,
 		p.md.LocalCnt, p.md.RemoteCnt = 0, 0
 	}
 	p.md.PrevRole = "primary"
+	// Extents the last primary could not write are dirty in our map now: as primary we push
+	// them, since ours is the good copy.
+	p.md.PrimaryStale = false
 	if err := p.writeMetadata(); err != nil {
 		return nil, err
 	}
@@ -271,6 +281,7 @@ type wop struct {
 	pendAck  atomic.Int32
 	pendDone atomic.Int32
 	remErr   atomic.Bool
+	remote   sync.WaitGroup // the remote requests' final replies
 	sent     bool
 	lnk      *link // the link the remote leg went on (nil: not sent)
 	localErr error
@@ -344,12 +355,15 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 		<-p.sem
 		return err
 	}
+	var lerr error
 	if must {
 		t := time.Now()
-		if err := p.pers.now(); err != nil {
+		if lerr = p.pers.now(); lerr != nil && l == nil {
 			p.st.writeErr.Add(1)
-			return fail(err)
+			return fail(lerr)
 		}
+		// Connected, a disk that cannot record the extent fails the local leg only: the peer
+		// may still take the write, and then records that our copy is stale (recordStale).
 		p.lat.Activemap.Since(t)
 	}
 	if l == nil {
@@ -380,14 +394,16 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 	}
 	w.pendAck.Store(ackNeeded + 1) // +1: the local leg
 	w.pendDone.Store(int32(len(reqs)) + 1)
+	w.remote.Add(len(reqs))
 	if l != nil {
 		l.submit(reqs...)
 	}
-	var lerr error
 	tl := time.Now()
-	if cmd == proto.CmdWrite {
+	switch {
+	case lerr != nil:
+	case cmd == proto.CmdWrite:
 		_, lerr = p.dev.WriteAt(b, p.base+off)
-	} else {
+	default:
 		lerr = p.dev.Discard(p.base+off, n)
 	}
 	tp := time.Now()
@@ -398,20 +414,7 @@ func (p *Primary) mutate(cmd uint8, b []byte, off, n int64) error {
 	if ackNeeded > 0 {
 		p.lat.Peer.Since(tp)
 	}
-	// Ack rule: any leg that succeeded makes the request a success (HAST masks local errors); in
-	// async mode the local leg alone decides.
-	remoteOK := l != nil && mode != ModeAsync && !w.remErr.Load()
-	err := lerr
-	if lerr != nil && remoteOK {
-		err = nil
-	}
-	if lerr != nil && remoteOK {
-		// Before acknowledging: reads issued after this write returns must go to the peer.
-		p.mu.Lock()
-		now := p.markStaleLocked(off, n)
-		p.mu.Unlock()
-		p.staleMarked(now)
-	}
+	err := p.ackOutcome(w, mode)
 	w.legDone()
 	if lerr != nil {
 		if cmd == proto.CmdWrite {
@@ -453,6 +456,7 @@ func (p *Primary) splitRequests(cmd uint8, data []byte, off, n int64, mode Mode,
 			if err != nil {
 				w.remErr.Store(true)
 			}
+			w.remote.Done()
 			if !async && r.acked.CompareAndSwap(false, true) {
 				w.ackOne()
 			}
@@ -469,18 +473,20 @@ func (p *Primary) finishWrite(w *wop) {
 	if w.buf != nil {
 		p.dropCopy(w)
 	}
+	remoteFailed := w.sent && w.remErr.Load()
 	p.mu.Lock()
 	// A link that went down while the local leg was still running has already turned its
 	// unflushed extents dirty; this one must be made dirty here, or a peer that lost power
 	// would be missing it for good.
-	if !w.sent || w.remErr.Load() || p.lnk.Load() != w.lnk {
+	if !w.sent || remoteFailed || p.lnk.Load() != w.lnk {
 		p.am.NeedSync(w.off, w.n)
 	} else {
 		p.markUnflushed(w.off, w.n)
 	}
-	staleNow := false
-	if w.localErr != nil && w.sent && !w.remErr.Load() {
-		staleNow = p.markStaleLocked(w.off, w.n)
+	if w.localErr != nil && w.sent && !remoteFailed {
+		// Only the peer has it: pull it back (async reported the write failed, so nothing
+		// acknowledged depends on it, but the copies must agree).
+		p.markStaleLocked(w.off, w.n)
 	}
 	changed := p.am.WriteDone(w.off, w.n)
 	l := p.lnk.Load()
@@ -488,8 +494,12 @@ func (p *Primary) finishWrite(w *wop) {
 	if changed {
 		p.pers.later()
 	}
-	p.staleMarked(staleNow)
-	if w.localErr != nil && l != nil {
+	if remoteFailed {
+		// memsync and async may have acknowledged it before the peer failed it.
+		p.bumpSoon()
+	}
+	if (w.localErr != nil || remoteFailed) && l != nil {
+		// Resynchronise now, while connected; a peer that keeps failing is retried with backoff.
 		p.startSync(l)
 	}
 	p.rl.unlockWrite(w.off, w.n)
@@ -534,47 +544,6 @@ func (p *Primary) dropCopy(w *wop) {
 	}
 	w.buf = nil
 	p.copies.Release(w.held)
-}
-
-// markStaleLocked records that the peer has a write our disk failed to take: the extents are
-// served from the peer and marked for synchronisation, which pulls them (never pushes them);
-// until then this copy must not be promoted or be a sync source after a restart. It returns
-// true when the metadata's inconsistent mark must be written (p.mu held).
-func (p *Primary) markStaleLocked(off, n int64) bool {
-	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
-		p.stale[e] = struct{}{}
-	}
-	p.am.NeedSync(off, n)
-	if p.md.Inconsistent {
-		return false
-	}
-	p.md.Inconsistent = true
-	return true
-}
-
-// staleMarked writes the inconsistent mark in the background (the caller may be a link goroutine).
-func (p *Primary) staleMarked(write bool) {
-	if !write {
-		return
-	}
-	go func() {
-		if err := p.writeMetadata(); err != nil {
-			p.log.Error().Err(err).Msg("unable to record that the local copy is stale")
-		}
-	}()
-}
-
-// anyStale reports whether a range touches an extent whose local copy is known bad (p.mu held).
-func (p *Primary) anyStale(off, n int64) bool {
-	if len(p.stale) == 0 {
-		return false
-	}
-	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
-		if _, bad := p.stale[e]; bad {
-			return true
-		}
-	}
-	return false
 }
 
 func (p *Primary) markUnflushed(off, n int64) {
@@ -712,7 +681,17 @@ func (p *Primary) Flush() error {
 	}
 	if lerr != nil {
 		p.st.flushErr.Add(1)
-		return fmt.Errorf("flush: %w", lerr)
+		if l == nil || rerr != nil {
+			return fmt.Errorf("flush: %w", lerr)
+		}
+		// HAST's rule for writes holds for flushes: the peer has every acknowledged write
+		// durably. Ours may have lost any write since the last good flush, so the whole
+		// local copy is stale from now on and is served from, and resynchronised from, the peer.
+		if err := p.recordStale(l, 0, p.size); err != nil {
+			return fmt.Errorf("flush: %w (and %v)", lerr, err)
+		}
+		p.log.Error().Err(lerr).Msg("local flush failed; the local copy is stale and served from the peer until it is resynchronised")
+		p.startSync(l)
 	}
 	if rerr != nil {
 		p.log.Warn().Err(rerr).Msg("remote flush failed; unflushed extents will be resynchronised")

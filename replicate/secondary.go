@@ -43,6 +43,7 @@ type secondary struct {
 	cfg  Config
 	log  zerolog.Logger
 	dev  blockdev.Device
+	mdMu sync.Mutex // serialises changes of md and of the on-disk bitmap after the handshake
 	md   blockdev.Metadata
 	base int64
 	size int64
@@ -165,6 +166,11 @@ func (s *secondary) handshake(hello *nv.List) error {
 	d := Decide(sec, pri, virgin)
 	s.log.Info().Str("rule", d.Rule).Uint64("S.l", sec.LocalCnt).Uint64("S.r", sec.RemoteCnt).
 		Uint64("P.l", pri.LocalCnt).Uint64("P.r", pri.RemoteCnt).Str("syncsrc", d.Source.String()).Msg("handshake decision")
+	pull, d, err := s.pullMap(md, d, pri, sec, hello)
+	if err != nil {
+		s.sendErr("Unable to read activemap.")
+		return err
+	}
 	var custom []byte // bitmap to send instead of the decision's
 	if errors.Is(d.Err, ErrSplitBrain) {
 		var err error
@@ -172,6 +178,7 @@ func (s *secondary) handshake(hello *nv.List) error {
 			return err
 		}
 		d = Decision{Rule: "split-brain resolved", Source: SyncSrcPrimary, Map: MapLocal}
+		md.PrimaryStale, pull = false, nil // the primary's data wins, ours is saved
 	}
 	if d.Err != nil {
 		s.sendErr(fmt.Sprintf("Resource unique ID mismatch (primary=%d, secondary=%d).", pri.ResUID, sec.ResUID))
@@ -221,6 +228,9 @@ func (s *secondary) handshake(hello *nv.List) error {
 		out.AddInt8("virgin", 1)
 	}
 	out.AddUint8("syncsrc", uint8(d.Source))
+	if pull != nil {
+		out.AddUint8Array("x_pull_map", pull)
+	}
 	out.AddUint32("mapsize", uint32(len(bm)))
 	var payload []byte
 	if len(bm) > 0 {
@@ -286,6 +296,51 @@ func (s *secondary) splitBrain(hello *nv.List, md *blockdev.Metadata) ([]byte, e
 	s.log.Warn().Str("saved_to", path).Int("extents", len(bitmapExtents(sync, n))).
 		Msg("split-brain resolved: this node's divergent extents were saved and will be replaced by the primary's")
 	return sync, nil
+}
+
+// maxPullMap bounds the records of stale extents sent in the handshake (x_pull_map).
+const maxPullMap = proto.MaxNVSize / 4
+
+// pullMap returns our records of the primary's stale extents, to send as x_pull_map, and the
+// decision as they amend it. A primary that wrote without us since the last synchronisation
+// (P.l > S.r) may have written into extents it does not know are stale (it restarted since):
+// neither copy is whole there, a split-brain. Records too large for the handshake turn a
+// synchronisation from the primary into one from us, where the primary has nothing of its own.
+func (s *secondary) pullMap(md *blockdev.Metadata, d Decision, pri, sec Counters, hello *nv.List) ([]byte, Decision, error) {
+	if !md.PrimaryStale || d.Err != nil {
+		return nil, d, nil
+	}
+	pull, err := blockdev.ReadBitmap(s.dev, md)
+	if err != nil {
+		return nil, d, err
+	}
+	if d.Source != SyncSrcPrimary {
+		return pull, d, nil
+	}
+	known, _ := hello.Uint8Array("x_stale_known")
+	switch {
+	case pri.LocalCnt > sec.RemoteCnt && !bitmapCovers(known, pull):
+		s.log.Error().Msg("the primary wrote without us and may not know which of its extents are stale; only this copy has them right")
+		return nil, Decision{Rule: d.Rule + "/stale", Err: ErrSplitBrain}, nil
+	case len(pull) > maxPullMap:
+		s.log.Warn().Msg("too many stale extents of the primary's to list: synchronising from this copy")
+		return nil, Decision{Rule: d.Rule + "/stale", Source: SyncSrcSecondary, Map: MapLocal}, nil
+	}
+	return pull, d, nil
+}
+
+// bitmapCovers reports whether every bit set in b is set in a.
+func bitmapCovers(a, b []byte) bool {
+	for i, v := range b {
+		var have byte
+		if i < len(a) {
+			have = a[i]
+		}
+		if v&^have != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // fullBitmap has one bit set for every extent of the data area.
@@ -377,11 +432,8 @@ func (s *secondary) readLoop(work chan<- sreq) error {
 			continue
 		}
 		if first {
-			// The primary has merged and persisted our map by now (§7.2 step 8).
 			first = false
-			if err := blockdev.WriteBitmap(s.dev, &s.md, make([]byte, s.md.MapSize())); err != nil {
-				s.log.Error().Err(err).Msg("unable to clear activemap")
-			}
+			s.clearMergedMap()
 		}
 		if r.memsync {
 			// Early acks of the frames that arrived together leave in one write. Queued
@@ -419,6 +471,9 @@ func (s *secondary) finishAcked(r sreq) {
 		s.tmu.Unlock()
 		if _, err := s.dev.WriteAt(r.data, s.base+r.off); err != nil {
 			s.log.Error().Err(err).Int64("offset", r.off).Msg("unable to apply a write acknowledged as received")
+			if err := s.markInconsistent(); err != nil {
+				s.log.Error().Err(err).Msg("unable to record that this copy misses a write")
+			}
 		}
 	}
 	putBuf(r.data)
@@ -430,7 +485,7 @@ func (s *secondary) validate(cmd uint8, seq uint64, msg *nv.List, payload []byte
 	switch cmd {
 	case proto.CmdFlush, CmdSyncDone:
 		return r, 0
-	case proto.CmdRead, proto.CmdWrite, proto.CmdDelete, CmdDigest:
+	case proto.CmdRead, proto.CmdWrite, proto.CmdDelete, CmdDigest, CmdStale, CmdStaleClear:
 	default:
 		return r, syscall.EINVAL
 	}
@@ -438,7 +493,7 @@ func (s *secondary) validate(cmd uint8, seq uint64, msg *nv.List, payload []byte
 	n, ok2 := msg.Uint64("length")
 	if !ok1 || !ok2 || n == 0 || off%uint64(s.sect) != 0 || n%uint64(s.sect) != 0 ||
 		off > uint64(s.size) || n > uint64(s.size)-off ||
-		(cmd == CmdDigest && n > maxDigestLen) || (cmd != proto.CmdDelete && cmd != CmdDigest && n > MaxRecvIO) {
+		(cmd == CmdDigest && n > maxDigestLen) || (n > MaxRecvIO && !unboundedLength(cmd)) {
 		return r, syscall.EINVAL
 	}
 	r.off, r.n = int64(off), int64(n)
@@ -538,24 +593,63 @@ func (s *secondary) apply(r sreq) {
 	case proto.CmdFlush:
 		err = s.dev.Flush()
 	case CmdSyncDone:
-		// Everything before it is applied (it waited for them); make it durable, then clear
-		// the mark.
-		if err = s.dev.Flush(); err == nil && s.md.Inconsistent {
-			s.md.Inconsistent = false
-			if err = blockdev.WriteMetadata(s.dev, &s.md); err == nil {
-				err = s.dev.Flush()
-			}
-			if err == nil {
-				s.log.Info().Msg("synchronisation complete: this copy is consistent")
-			}
-		}
+		err = s.syncDone()
+	case CmdStale:
+		err = s.recordPrimaryStale(r.off, r.n)
+	case CmdStaleClear:
+		err = s.clearPrimaryStale(r.off, r.n)
 	}
 	if err != nil {
 		rep.errno = errnoOf(err)
 		s.log.Error().Err(err).Uint8("cmd", r.cmd).Int64("offset", r.off).Int64("length", r.n).Msg("request failed")
+		if r.cmd == proto.CmdWrite || r.cmd == proto.CmdDelete {
+			// Recorded before the error goes back: the primary may acknowledge the write
+			// without us, and we must not be promoted before it is resynchronised.
+			if merr := s.markInconsistent(); merr != nil {
+				s.fail(fmt.Errorf("unable to record that this copy misses a write: %w", merr))
+			}
+		}
 	}
 	s.untrack(r.seq)
 	s.queueReply(rep)
+}
+
+// unboundedLength: requests whose length is not a payload, so MaxRecvIO does not bound it.
+func unboundedLength(cmd uint8) bool {
+	return cmd == proto.CmdDelete || cmd == CmdDigest || cmd == CmdStale || cmd == CmdStaleClear
+}
+
+// clearMergedMap empties our on-disk bitmap once the session runs: the primary has merged and
+// persisted it by then (§7.2 step 8). Records of the primary's stale extents stay until it
+// has pulled them.
+func (s *secondary) clearMergedMap() {
+	s.mdMu.Lock()
+	defer s.mdMu.Unlock()
+	if s.md.PrimaryStale {
+		return
+	}
+	if err := blockdev.WriteBitmap(s.dev, &s.md, make([]byte, s.md.MapSize())); err != nil {
+		s.log.Error().Err(err).Msg("unable to clear activemap")
+	}
+}
+
+// syncDone applies CmdSyncDone: everything before it is applied (it waited for them); make
+// it durable, then clear the inconsistent mark.
+func (s *secondary) syncDone() error {
+	if err := s.dev.Flush(); err != nil {
+		return err
+	}
+	s.mdMu.Lock()
+	defer s.mdMu.Unlock()
+	if !s.md.Inconsistent {
+		return nil
+	}
+	s.md.Inconsistent = false
+	if err := s.writeMetadataLocked(); err != nil {
+		return err
+	}
+	s.log.Info().Msg("synchronisation complete: this copy is consistent")
+	return nil
 }
 
 func (s *secondary) queueReply(r sreply) {

@@ -216,6 +216,7 @@ func (p *Primary) syncLoop(l *link) {
 		p.md.PeerRemoteCnt = p.peerCnt.RemoteCnt
 		p.md.Inconsistent = false
 		p.syncSrc = SyncSrcUndef
+		p.syncRetry = 0
 	}
 	p.mu.Unlock()
 	if !ok {
@@ -223,6 +224,7 @@ func (p *Primary) syncLoop(l *link) {
 			p.log.Warn().Err(failed).Msgf("Synchronization interrupted after %v. %d bytes synchronized so far.", time.Since(start).Round(time.Millisecond), done)
 			p.cfg.OnEvent(EventSyncIntr)
 		}
+		p.retrySync(l)
 		return
 	}
 	if err := p.writeMetadata(); err != nil {
@@ -245,7 +247,10 @@ func (p *Primary) syncLoop(l *link) {
 	}
 }
 
-// syncExtent copies one extent chunk by chunk, each chunk under the extent's sync lock.
+// syncExtent copies one extent chunk by chunk, each chunk under the extent's sync lock. An
+// extent stale here is pulled under one hold of the lock, and stops being stale only once it
+// is whole and durable: a write failing locally between two chunks would otherwise be lost
+// when the mark goes.
 func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start time.Time) error {
 	p.mu.Lock()
 	off, n := p.am.ExtentRange(e)
@@ -255,39 +260,23 @@ func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start t
 		// Only the peer has this extent right (a local write failed): pull it whatever the
 		// handshake decided for the device as a whole.
 		src = SyncSrcSecondary
+		p.rl.lockSync(e)
+		defer p.rl.unlockSync(e)
 	}
 	for o := int64(0); o < n; o += l.maxIO {
 		if p.lnk.Load() != l {
 			return ErrDisconnected
 		}
 		ln := min(l.maxIO, n-o)
-		b := buf[:ln]
-		p.rl.lockSync(e)
-		var err error
-		if src == SyncSrcSecondary {
-			err = l.do(&rreq{cmd: proto.CmdRead, off: off + o, length: ln, data: b})
-			if err == nil {
-				_, err = p.dev.WriteAt(b, p.base+off+o)
-				if err != nil {
-					p.st.writeErr.Add(1)
-				}
-			}
-		} else {
-			_, err = p.dev.ReadAt(b, p.base+off+o)
-			if err != nil {
-				p.st.readErr.Add(1)
-			} else {
-				err = l.do(&rreq{cmd: proto.CmdWrite, off: off + o, length: ln, data: b})
-			}
+		if !stale {
+			p.rl.lockSync(e)
 		}
-		p.rl.unlockSync(e)
+		err := p.copyChunk(l, src, buf[:ln], off+o)
+		if !stale {
+			p.rl.unlockSync(e)
+		}
 		if err != nil {
 			return fmt.Errorf("sync extent %d at %d: %w", e, off+o, err)
-		}
-		if stale && o+ln >= n {
-			p.mu.Lock()
-			delete(p.stale, e)
-			p.mu.Unlock()
 		}
 		total := p.syncDone.Add(ln)
 		p.st.synced.Add(uint64(ln))
@@ -299,5 +288,49 @@ func (p *Primary) syncExtent(l *link, src SyncSource, e int, buf []byte, start t
 			}
 		}
 	}
+	if stale {
+		return p.unstale(l, e)
+	}
 	return nil
+}
+
+// copyChunk copies one chunk of data-area range [off, off+len(b)) from src to the other node.
+func (p *Primary) copyChunk(l *link, src SyncSource, b []byte, off int64) error {
+	ln := int64(len(b))
+	if src == SyncSrcSecondary {
+		if err := l.do(&rreq{cmd: proto.CmdRead, off: off, length: ln, data: b}); err != nil {
+			return err
+		}
+		if _, err := p.dev.WriteAt(b, p.base+off); err != nil {
+			p.st.writeErr.Add(1)
+			return err
+		}
+		return nil
+	}
+	if _, err := p.dev.ReadAt(b, p.base+off); err != nil {
+		p.st.readErr.Add(1)
+		return err
+	}
+	return l.do(&rreq{cmd: proto.CmdWrite, off: off, length: ln, data: b})
+}
+
+// Backoff of retrySync.
+const (
+	syncRetryMin = 100 * time.Millisecond
+	syncRetryMax = 5 * time.Second
+)
+
+// retrySync schedules another pass on l after one that ended with extents left while l is up:
+// a peer whose disk fails for a while is retried, with a backoff, instead of staying
+// unsynchronised while connected. A new link starts its own pass.
+func (p *Primary) retrySync(l *link) {
+	p.mu.Lock()
+	if p.lnk.Load() != l || p.am.SyncPending() == 0 {
+		p.mu.Unlock()
+		return
+	}
+	p.syncRetry = min(max(2*p.syncRetry, syncRetryMin), syncRetryMax)
+	d := p.syncRetry
+	p.mu.Unlock()
+	time.AfterFunc(d, func() { p.startSync(l) })
 }

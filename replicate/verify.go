@@ -22,8 +22,11 @@ const (
 	FeatSyncDone
 	// FeatLargeIO: the peer accepts requests up to MaxRecvIO (1 MiB), not only HAST's 128 KiB.
 	FeatLargeIO
+	// FeatStale: the peer keeps durable records of the extents the primary failed to write
+	// locally (CmdStale, CmdStaleClear) and returns them in the handshake (x_pull_map).
+	FeatStale
 
-	ourFeatures = FeatDigest | FeatSplitBrainMaps | FeatSyncDone | FeatLargeIO
+	ourFeatures = FeatDigest | FeatSplitBrainMaps | FeatSyncDone | FeatLargeIO | FeatStale
 )
 
 // CmdDigest asks the secondary for the SHA-256 of a range of its data (our extension; outside
