@@ -343,8 +343,9 @@ func (d *Daemon) Close() {
 }
 
 // Reload re-reads hast.conf (SIGHUP, hast-reference §2.7). A file that does not parse changes
-// nothing. Removed resources are stopped, new ones start in init, and changed ones are restarted
-// in their previous role.
+// nothing. New resources start in init; changed ones are reconfigured (see reconfigure: in place
+// where they can be); removed ones are stopped. A change the demotion guard refuses (the volume
+// is open) is logged and leaves that resource as it was.
 func (d *Daemon) Reload() error {
 	cfg, err := config.Load(d.opt.ConfigPath, config.Options{Node: d.opt.Node})
 	if err != nil {
@@ -369,26 +370,29 @@ func (d *Daemon) Reload() error {
 		}
 		r.mu.Lock()
 		same := *r.cfg == *rc
-		role := r.role
 		r.mu.Unlock()
 		if same {
 			continue
 		}
-		r.setRole(RoleInit, true)
-		if err := r.setConfig(rc); err != nil {
-			return err
-		}
-		if _, err := r.setRole(role, false); err != nil {
-			d.log.Error().Err(err).Str("resource", rc.Name).Msg("unable to restore role after reload")
+		if err := r.reconfigure(rc); err != nil {
+			d.log.Error().Err(err).Str("resource", rc.Name).Msg("resource not reconfigured")
+			continue
 		}
 		d.log.Info().Str("resource", rc.Name).Msg("resource reconfigured")
 	}
-	for name, r := range d.resources {
-		if !seen[name] {
-			r.shutdown()
-			delete(d.resources, name)
-			d.log.Info().Str("resource", name).Msg("resource removed")
+	for _, name := range d.order {
+		if seen[name] {
+			continue
 		}
+		r := d.resources[name]
+		if _, err := r.setRole(RoleInit, false); err != nil {
+			d.log.Error().Err(err).Str("resource", name).Msg("resource not removed: it stays configured until its volume is closed")
+			order = append(order, name)
+			continue
+		}
+		r.shutdown()
+		delete(d.resources, name)
+		d.log.Info().Str("resource", name).Msg("resource removed")
 	}
 	d.cfg, d.order = cfg, order
 	d.log.Info().Msg("Configuration reloaded.")

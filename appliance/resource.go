@@ -68,6 +68,7 @@ type resource struct {
 	role    Role
 	dev     blockdev.Device
 	primary *replicate.Primary
+	live    *liveVolume // what the frontends serve while primary
 	// secondary session
 	secCancel context.CancelFunc
 	secDone   chan struct{}
@@ -272,7 +273,7 @@ func (r *resource) setRole(to Role, force bool) (Role, error) {
 		if err := r.primary.Close(); err != nil {
 			r.log.Warn().Err(err).Msg("closing primary")
 		}
-		r.primary = nil
+		r.primary, r.live = nil, nil
 	case RoleSecondary:
 		r.stopSecondaryLocked()
 	}
@@ -292,8 +293,8 @@ func (r *resource) setRole(to Role, force bool) (Role, error) {
 			dev.Close()
 			return from, err
 		}
-		r.dev, r.primary = dev, p
-		r.d.export(r.cfg.Name, p)
+		r.dev, r.primary, r.live = dev, p, &liveVolume{v: p}
+		r.d.export(r.cfg.Name, r.live)
 	case RoleSecondary:
 		dev, err := r.d.openLocal(r.cfg.Local)
 		if err != nil {
