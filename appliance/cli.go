@@ -16,8 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"hast/appliance/config"
 	"hast/bench"
 	"hast/blockdev"
@@ -163,14 +161,6 @@ func (cm *common) load() (*config.Config, error) {
 	return cfg, nil
 }
 
-func (c *CLI) logger(debug int) zerolog.Logger {
-	lvl := zerolog.InfoLevel
-	if debug > 0 {
-		lvl = zerolog.DebugLevel
-	}
-	return zerolog.New(zerolog.ConsoleWriter{Out: c.Stderr, TimeFormat: "15:04:05.000"}).Level(lvl).With().Timestamp().Logger()
-}
-
 // ----- daemon -----
 
 type multiFlag []string
@@ -192,6 +182,7 @@ func (c *CLI) daemon(args []string) error {
 	cm.fs.DurationVar(&opt.Reconnect, "reconnect-interval", 0, "how often a primary retries its peer (HAST: 10s)")
 	cm.fs.DurationVar(&opt.Keepalive, "keepalive-interval", 0, "idle time before a keepalive is sent (HAST: 10s)")
 	cm.fs.Int64Var(&opt.SyncRate, "sync-rate", 0, "limit resynchronisation to this many bytes per second (0: unlimited)")
+	logFormat := cm.fs.String("log-format", "console", "log lines as console text (coloured on a terminal unless NO_COLOR is set) or json")
 	if err := cm.parse(args); err != nil {
 		return err
 	}
@@ -199,7 +190,10 @@ func (c *CLI) daemon(args []string) error {
 		return exitErr(exUsage, fmt.Errorf("unexpected arguments %q", cm.fs.Args()))
 	}
 	opt.ConfigPath, opt.Node, opt.NBD = cm.config, cm.node, nbdAddrs
-	log := c.logger(cm.debug)
+	log, err := newLogger(c.Stderr, *logFormat, cm.debug)
+	if err != nil {
+		return exitErr(exUsage, err)
+	}
 	d, err := NewDaemon(opt, log)
 	if err != nil {
 		return err
