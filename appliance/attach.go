@@ -28,6 +28,13 @@ func (c *CLI) attach(args []string) error {
 		return exitErr(exUsage, errQuiet)
 	}
 	name := cm.fs.Arg(0)
+	cfg, err := cm.load()
+	if err != nil {
+		return err
+	}
+	if cfg.Resource(name) == nil {
+		return exitErr(ehastNoEntry, fmt.Errorf("unknown resource %s", name))
+	}
 	cl, err := c.client(cm)
 	if err != nil {
 		return err
@@ -37,7 +44,7 @@ func (c *CLI) attach(args []string) error {
 		return err
 	}
 	if !slices.Contains(f.Exports, name) {
-		return exitErr(ehastNoEntry, fmt.Errorf("%s is not exported here: it is not primary on this node (or does not exist)", name))
+		return exitErr(ehastNoEntry, fmt.Errorf("%s is not exported here: it is not primary on this node", name))
 	}
 	if len(f.NBD) == 0 && f.FUSE == "" {
 		return exitErr(exUnavailable, fmt.Errorf("the daemon serves no frontend: start it with --nbd ADDR or --fuse DIR"))

@@ -116,8 +116,59 @@ func (c *CLI) flags(verb string) *common {
 	cm.fs.StringVar(&cm.config, "c", DefaultConfig, "configuration file")
 	cm.fs.StringVar(&cm.node, "node", "", "resolve hast.conf for this node name instead of the host name")
 	cm.fs.Var(countFlag{&cm.debug}, "d", "more debugging output (repeatable)")
-	cm.fs.Usage = func() { fmt.Fprint(c.Stderr, usage) }
+	cm.fs.Usage = func() {
+		fmt.Fprintf(c.Stderr, "usage:\n%soptions:\n", verbUsage(verb))
+		cm.fs.PrintDefaults()
+	}
 	return cm
+}
+
+// verbUsage is the part of the usage text about verb.
+func verbUsage(verb string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(usage, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "hast" && f[1] == verb {
+			b.WriteString(l)
+		}
+	}
+	return b.String()
+}
+
+// splitCombined spells out FreeBSD's combined single-letter options (getopt: hastd -dF,
+// hastctl -dd, -c/etc/hast.conf, -dc FILE) for the flag package, which takes one per word. A
+// word is split only when every letter is a one-letter option of fs; a letter that takes a
+// value takes the rest of the word, or else the next word.
+func splitCombined(fs *flag.FlagSet, args []string) []string {
+	var out []string
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) < 3 || a[0] != '-' || a[1] == '-' || strings.Contains(a, "=") || fs.Lookup(a[1:]) != nil {
+			out = append(out, a)
+			continue
+		}
+		var words []string
+		for j := 1; j < len(a); j++ {
+			f := fs.Lookup(a[j : j+1])
+			if f == nil {
+				words = nil
+				break
+			}
+			words = append(words, "-"+a[j:j+1])
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
+				if j+1 < len(a) {
+					words = append(words, a[j+1:])
+				}
+				break
+			}
+		}
+		if words == nil {
+			words = []string{a}
+		}
+		out = append(out, words...)
+	}
+	return out
 }
 
 // countFlag lets -d be repeated without a value, as hastctl's -d.
@@ -130,9 +181,13 @@ func (f countFlag) IsBoolFlag() bool { return true }
 // parse accepts options before and after the operands (`hast resolve disk1 --keep remote`);
 // "--" ends the options.
 func (cm *common) parse(args []string) error {
+	args = splitCombined(cm.fs, args)
 	var operands []string
 	for {
 		if err := cm.fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitErr(exOK, errQuiet)
+			}
 			return exitErr(exUsage, errQuiet)
 		}
 		rest := cm.fs.Args()
@@ -263,7 +318,7 @@ func (c *CLI) create(args []string) error {
 	var first error
 	for _, name := range cm.fs.Args() {
 		if err := createOne(cfg, name, opt); err != nil {
-			fmt.Fprintf(c.Stderr, "hast create: %s: %v\n", name, err)
+			fmt.Fprintf(c.Stderr, "hast create: %s: %s\n", name, strings.TrimPrefix(err.Error(), "create "+name+": "))
 			if first == nil {
 				first = err
 			}

@@ -433,10 +433,30 @@ type ResourceStatus struct {
 	Inconsistent bool                    `json:"inconsistent,omitempty"`
 	LinkSecurity string                  `json:"link_security,omitempty"` // "tls-psk" or "tls-cert"; empty for plain HAST
 
-	Stats replicate.Stats `json:"statistics"`
+	Stats Statistics `json:"statistics"`
 	Queue struct {
-		Local, Send, Recv, Done, Idle int
+		Local int `json:"local"`
+		Send  int `json:"send"`
+		Recv  int `json:"recv"`
+		Done  int `json:"done"`
+		Idle  int `json:"idle"`
 	} `json:"queues"`
+}
+
+// Statistics are a primary's request counters (replicate.Stats) with the snake_case names the
+// rest of the status uses.
+type Statistics struct {
+	Reads            uint64 `json:"reads"`
+	Writes           uint64 `json:"writes"`
+	Deletes          uint64 `json:"deletes"`
+	Flushes          uint64 `json:"flushes"`
+	ActivemapUpdates uint64 `json:"activemap_updates"`
+	ReadErrors       uint64 `json:"read_errors"`
+	WriteErrors      uint64 `json:"write_errors"`
+	DeleteErrors     uint64 `json:"delete_errors"`
+	FlushErrors      uint64 `json:"flush_errors"`
+	RemoteReads      uint64 `json:"remote_reads"`
+	SyncedBytes      uint64 `json:"synced_bytes"`
 }
 
 func (r *resource) status() ResourceStatus {
@@ -470,7 +490,7 @@ func (r *resource) status() ResourceStatus {
 		if ps.Syncing {
 			s.SyncSource, s.SyncTotal, s.SyncDone = ps.SyncSource.String(), ps.SyncTotal, ps.SyncDone
 		}
-		s.Stats = ps.Stats
+		s.Stats = Statistics(ps.Stats)
 		if v := r.primary.VerifyProgress(); !v.Started.IsZero() {
 			s.Verify = &v
 		}
@@ -481,9 +501,14 @@ func (r *resource) status() ResourceStatus {
 			s.Inconsistent = md.Inconsistent
 		}
 		if secConnected {
+			// What this node knows itself: while it is the target of an unfinished
+			// synchronisation (inconsistent) it is not complete, whatever the link says.
 			s.WorkerPID = os.Getpid()
 			s.Connected = true
 			s.Status = "complete"
+			if s.Inconsistent {
+				s.Status, s.Syncing = "degraded", true
+			}
 		}
 	}
 	return s
