@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"hast/internal/budget"
 )
@@ -13,23 +14,50 @@ import (
 //   - The server's (MaxInFlightBytes) bounds the daemon's memory however many resources and
 //     clients are served. Limits per connection alone let three resources at depth 128 hold
 //     three times as much.
-//   - The connection's (connInFlightBytes, half of the server's) keeps one client that stops
-//     reading its replies, or stops in the middle of a write payload, from holding all of it:
-//     the other connections keep MaxRequest between them, so they go on, one request of any
-//     size at a time at worst. Two such clients do hold all of it: the others then wait until
-//     one of them goes away (or is disconnected by a demotion).
+//   - The connection's (connInFlightBytes) keeps one busy client from taking all of it.
 //
-// The server's budget is a budget.Budget, which grants bytes in arrival order, so a large
-// request waiting for room is not overtaken for ever by a stream of small ones from other
-// connections that would each fit in what it waits for.
+// Limits alone cannot keep clients that stop reading their replies (or stop in the middle of a
+// write payload) from holding the server's budget: however small each share, enough of them
+// hold it all. So the server's budget is split in two, and misbehaving clients are dropped:
+//
+//   - reserveBytes of it serve only connections that hold nothing, and only when the rest has
+//     no room for them. A connection holding something charges the rest. Clients that stopped
+//     reading can each take at most one request from the reserve, so a well-behaved client,
+//     which holds nothing between its requests when it waits, keeps getting served while a
+//     few of them hang on.
+//   - A connection whose replies (or write payload) have not moved for stallTimeout while
+//     another connection waits for budget is disconnected, which gives its share back (see
+//     conn.send). Nobody waiting, it may stall up to replyTimeout.
+//
+// Each part is a budget.Budget, which grants bytes in arrival order, so a large request
+// waiting for room is not overtaken for ever by a stream of small ones from other connections
+// that would each fit in what it waits for.
+
+// serverBudget is the payload budget of a Server, shared by its connections.
+type serverBudget struct {
+	main    *budget.Budget // charged by connections that hold something
+	reserve *budget.Budget // for connections that hold nothing
+	waiting atomic.Int32   // readers waiting in either line
+}
+
+func newServerBudget(total, reserve int64) *serverBudget {
+	return &serverBudget{main: budget.New(total - reserve), reserve: budget.New(reserve)}
+}
+
+// charge is what one buffer holds of the server's budget.
+type charge struct {
+	n    int64
+	from *budget.Budget
+}
 
 // connBudget is one connection's share of its server's budget: at most limit bytes, each also
 // charged to the server's. The connection's reader is the only acquirer; workers and the
 // writer release.
 type connBudget struct {
-	shared *budget.Budget
-	limit  int64
-	stop   chan struct{} // closed by close: ends a wait for the shared budget
+	srv     *serverBudget
+	limit   int64
+	stop    chan struct{} // closed by close: ends a wait for the server's budget
+	waiting atomic.Bool   // the reader waits for the server's budget
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -37,10 +65,10 @@ type connBudget struct {
 	closed bool
 }
 
-// init sets b up as a share of at most limit bytes of shared.
-func (b *connBudget) init(shared *budget.Budget, limit int64) {
-	b.shared = shared
-	b.limit = min(limit, shared.Size())
+// init sets b up as a share of at most limit bytes of srv.
+func (b *connBudget) init(srv *serverBudget, limit int64) {
+	b.srv = srv
+	b.limit = min(limit, srv.main.Size())
 	b.stop = make(chan struct{})
 	b.cond.L = &b.mu
 }
@@ -52,7 +80,7 @@ func (b *connBudget) init(shared *budget.Budget, limit int64) {
 // A buffer larger than the connection's whole limit is charged the limit: it waits until the
 // connection holds nothing and then runs alone on it. The package's limits never do that
 // (MaxRequest fits), but it keeps any limits from deadlocking.
-func (b *connBudget) acquire(n int64) (int64, bool) {
+func (b *connBudget) acquire(n int64) (charge, bool) {
 	n = min(n, b.limit)
 	b.mu.Lock()
 	for !b.closed && b.held+n > b.limit {
@@ -60,24 +88,48 @@ func (b *connBudget) acquire(n int64) (int64, bool) {
 	}
 	if b.closed {
 		b.mu.Unlock()
-		return 0, false
+		return charge{}, false
 	}
+	holdsNothing := b.held == 0
 	b.held += n
 	b.mu.Unlock()
-	if !b.shared.Acquire(n, b.stop) {
-		b.mu.Lock()
-		b.held -= n
-		b.mu.Unlock()
-		return 0, false
+
+	from := b.srv.main
+	ok := from.TryAcquire(n)
+	if !ok && holdsNothing && n <= b.srv.reserve.Size() {
+		from = b.srv.reserve
+		ok = from.TryAcquire(n)
 	}
-	return n, true
+	if !ok {
+		b.waiting.Store(true)
+		b.srv.waiting.Add(1)
+		ok = from.Acquire(n, b.stop)
+		b.srv.waiting.Add(-1)
+		b.waiting.Store(false)
+		if !ok {
+			b.mu.Lock()
+			b.held -= n
+			b.mu.Unlock()
+			return charge{}, false
+		}
+	}
+	return charge{n, from}, true
 }
 
-// release gives back n bytes charged by acquire.
-func (b *connBudget) release(n int64) {
-	b.shared.Release(n)
+// othersWait reports whether another connection's reader waits for the server's budget.
+func (b *connBudget) othersWait() bool {
+	n := b.srv.waiting.Load()
+	if b.waiting.Load() {
+		n--
+	}
+	return n > 0
+}
+
+// release gives back what acquire charged.
+func (b *connBudget) release(c charge) {
+	c.from.Release(c.n)
 	b.mu.Lock()
-	b.held -= n
+	b.held -= c.n
 	b.mu.Unlock()
 	b.cond.Signal()
 }

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"hast/internal/budget"
 	"hast/internal/testsupport"
 )
 
@@ -27,10 +26,11 @@ func (s *Server) connHeld() []int64 {
 	return held
 }
 
-// withBudget makes a server's budget serverBytes, of which each connection may hold connBytes.
-func withBudget(serverBytes, connBytes int64) func(*Server) {
+// withBudget makes a server's budget serverBytes, reserveBytes of them kept for connections
+// that hold nothing, and each connection may hold connBytes.
+func withBudget(serverBytes, reserveBytes, connBytes int64) func(*Server) {
 	return func(s *Server) {
-		s.budget = budget.New(serverBytes)
+		s.budget = newServerBudget(serverBytes, reserveBytes)
 		s.connBytes = connBytes
 	}
 }
@@ -38,7 +38,7 @@ func withBudget(serverBytes, connBytes int64) func(*Server) {
 // TestBudgetStuckConnection: a connection whose requests never complete (a client that stopped
 // reading its replies) holds its own limit and no more, and the others go on with the rest.
 func TestBudgetStuckConnection(t *testing.T) {
-	shared := budget.New(10)
+	shared := newServerBudget(10, 0)
 	var stuck, other connBudget
 	stuck.init(shared, 5)
 	other.init(shared, 5)
@@ -58,8 +58,8 @@ func TestBudgetStuckConnection(t *testing.T) {
 		defer close(done)
 		for n := int64(1); n <= 5; n++ {
 			held, ok := other.acquire(n)
-			if !ok || held != n {
-				t.Errorf("acquire(%d) = %d, %v", n, held, ok)
+			if !ok || held.n != n {
+				t.Errorf("acquire(%d) = %d, %v", n, held.n, ok)
 				return
 			}
 			other.release(held)
@@ -76,15 +76,15 @@ func TestBudgetStuckConnection(t *testing.T) {
 // TestBudgetOversized: a request larger than a connection's limit is charged the limit, so it
 // waits until its connection holds nothing and then runs alone instead of waiting for ever.
 func TestBudgetOversized(t *testing.T) {
-	shared := budget.New(10)
+	shared := newServerBudget(10, 0)
 	var b connBudget
 	b.init(shared, 4)
 	small, ok := b.acquire(1)
-	if !ok || small != 1 {
-		t.Fatalf("acquire(1) = %d, %v", small, ok)
+	if !ok || small.n != 1 {
+		t.Fatalf("acquire(1) = %d, %v", small.n, ok)
 	}
 	type res struct {
-		held int64
+		held charge
 		ok   bool
 	}
 	got := make(chan res, 1)
@@ -94,10 +94,10 @@ func TestBudgetOversized(t *testing.T) {
 	}()
 	b.release(small)
 	r := <-got
-	if !r.ok || r.held != 4 {
-		t.Fatalf("acquire(9) with a limit of 4 = %d, %v; want 4, true", r.held, r.ok)
+	if !r.ok || r.held.n != 4 {
+		t.Fatalf("acquire(9) with a limit of 4 = %d, %v; want 4, true", r.held.n, r.ok)
 	}
-	if avail, _ := shared.State(); avail != 6 {
+	if avail, _ := shared.main.State(); avail != 6 {
 		t.Errorf("shared budget has %d bytes left, want 6", avail)
 	}
 	b.release(r.held)
@@ -106,7 +106,7 @@ func TestBudgetOversized(t *testing.T) {
 // TestBudgetClose: closing a connection's budget ends a wait for the connection's limit and a
 // wait in the server's line, and leaves what is held to be released.
 func TestBudgetClose(t *testing.T) {
-	shared := budget.New(10)
+	shared := newServerBudget(10, 0)
 	var full, queued, filler connBudget
 	full.init(shared, 5)
 	queued.init(shared, 5)
@@ -116,10 +116,11 @@ func TestBudgetClose(t *testing.T) {
 			t.Fatal("acquire of a free budget failed")
 		}
 	}
+	full5, filler5 := charge{5, shared.main}, charge{5, shared.main}
 	results := make(chan bool, 2)
 	go func() { _, ok := full.acquire(1); results <- ok }()   // waits for its own limit
 	go func() { _, ok := queued.acquire(3); results <- ok }() // waits in the server's line
-	testsupport.WaitUntil(t, "a wait in the server's line", func() bool { _, q := shared.State(); return len(q) == 1 })
+	testsupport.WaitUntil(t, "a wait in the server's line", func() bool { _, q := shared.main.State(); return len(q) == 1 })
 	full.close()
 	queued.close()
 	for range 2 {
@@ -127,15 +128,15 @@ func TestBudgetClose(t *testing.T) {
 			t.Fatal("acquire on a closed budget returned true")
 		}
 	}
-	if avail, q := shared.State(); avail != 0 || len(q) != 0 {
+	if avail, q := shared.main.State(); avail != 0 || len(q) != 0 {
 		t.Errorf("after close: %d bytes available and %v waiting, want 0 and none", avail, q)
 	}
 	if h := queued.heldBytes(); h != 0 {
 		t.Errorf("the closed waiter holds %d bytes, want 0", h)
 	}
-	full.release(5)
-	filler.release(5)
-	if avail, _ := shared.State(); avail != 10 {
+	full.release(full5)
+	filler.release(filler5)
+	if avail, _ := shared.main.State(); avail != 10 {
 		t.Errorf("%d bytes available after every release, want 10", avail)
 	}
 }
@@ -187,14 +188,15 @@ func (v *gateVolume) SectorSize() int                          { return 512 }
 // server's budget, never have more than the server's budget in flight together.
 func TestServerBudgetSharedByConnections(t *testing.T) {
 	const (
-		serverBytes = 1 << 20
-		connBytes   = serverBytes / 2
-		reqSize     = 64 << 10
-		conns       = 4
-		perConn     = 2 * connBytes / reqSize // twice what a connection may hold
+		serverBytes  = 1 << 20
+		reserveBytes = serverBytes / 4
+		connBytes    = serverBytes / 2
+		reqSize      = 64 << 10
+		conns        = 4
+		perConn      = 2 * connBytes / reqSize // twice what a connection may hold
 	)
 	vol := newGateVolume(4 << 20)
-	ts := startServerWith(t, newExports("disk1", vol), withBudget(serverBytes, connBytes))
+	ts := startServerWith(t, newExports("disk1", vol), withBudget(serverBytes, reserveBytes, connBytes))
 	var wg sync.WaitGroup
 	for i := range conns {
 		c := dialTest(t, "unix", ts.sock, "disk1")
@@ -217,14 +219,17 @@ func TestServerBudgetSharedByConnections(t *testing.T) {
 	openGate := sync.OnceFunc(func() { close(vol.open) })
 	t.Cleanup(openGate)
 	// Nothing leaves the volume until the gate opens, so what is inside only grows: either it
-	// passes the bound, or it reaches it with the remaining readers queued for the budget.
+	// passes the bound, or every byte charged is inside and the rest wait for the budget.
+	// Connections that hold something only take from the part not reserved, so some of the
+	// reserve may stay unused.
 	testsupport.WaitUntil(t, "the server's budget is used up", func() bool {
 		inside, _ := vol.load()
-		avail, queue := ts.budget.State()
-		return inside > serverBytes || inside == serverBytes && avail == 0 && len(queue) > 0
+		avail, queue := ts.budget.main.State()
+		reserved, _ := ts.budget.reserve.State()
+		return inside > serverBytes || inside == serverBytes-reserved && avail == 0 && len(queue) > 0
 	})
-	if _, peak := vol.load(); peak != serverBytes {
-		t.Errorf("%d payload bytes in the volume at once, want the server's budget %d", peak, serverBytes)
+	if _, peak := vol.load(); peak > serverBytes {
+		t.Errorf("%d payload bytes in the volume at once, more than the server's budget %d", peak, serverBytes)
 	}
 	openGate()
 	done := make(chan struct{})
@@ -237,16 +242,17 @@ func TestServerBudgetSharedByConnections(t *testing.T) {
 
 // TestServerStuckClient: a client that sends reads and never reads the replies holds its
 // connection's share of the budget, and another client still reads and writes as much as the
-// rest of it in one request.
+// reserve in one request.
 func TestServerStuckClient(t *testing.T) {
 	const (
-		serverBytes = 4 << 20
-		connBytes   = serverBytes / 2
-		reqSize     = 1 << 20
+		serverBytes  = 4 << 20
+		reserveBytes = serverBytes / 2
+		connBytes    = serverBytes - reserveBytes
+		reqSize      = 1 << 20
 	)
 	vol := newMemVolume(8<<20, 512)
-	ts := startServerWith(t, newExports("disk1", vol), withBudget(serverBytes, connBytes))
-	stuck := stuckReader(t, ts.sock, reqSize)
+	ts := startServerWith(t, newExports("disk1", vol), withBudget(serverBytes, reserveBytes, connBytes))
+	stuck := stuckReader(t, ts.sock, 16, reqSize)
 	testsupport.WaitUntil(t, "the stuck client holds its share", func() bool {
 		h := ts.connHeld()
 		return len(h) == 1 && h[0] >= connBytes
@@ -256,13 +262,106 @@ func TestServerStuckClient(t *testing.T) {
 	// The client's Close waits for its requests, which may be waiting for the stuck client's
 	// budget if the test fails: let that go first.
 	t.Cleanup(func() { stuck.nc.Close() })
-	testsupport.Receive(t, "the other client's requests", writeReadBack(t, c, pattern(serverBytes-connBytes, 9)))
+	testsupport.Receive(t, "the other client's requests", writeReadBack(t, c, pattern(reserveBytes, 9)))
 	for _, h := range ts.connHeld() {
 		if h > connBytes {
 			t.Errorf("a connection holds %d bytes, more than its share %d", h, connBytes)
 		}
 	}
 	stuck.nc.Close()
+}
+
+// TestServerClientsThatStopReadingLeaveTheReserve is issue 11's head-of-line stall with the
+// server's real budget: two clients pipeline 64 reads of 8 MiB and never read a reply. Both
+// hold all they can get, and a third client's small read is still served at once, from the
+// reserve, rather than when the first two are disconnected.
+func TestServerClientsThatStopReadingLeaveTheReserve(t *testing.T) {
+	vol := newMemVolume(8<<20, 512)
+	ts := startServerWith(t, newExports("disk1", vol), func(s *Server) {
+		// Disconnecting the stuck clients would serve the third one too: not what is tested.
+		s.stallTimeout = time.Hour
+	})
+	stuckClients(t, 2, func() *rawConn { return stuckReader(t, ts.sock, 64, 8<<20) })
+	testsupport.WaitUntil(t, "the stuck clients hold all they can", func() bool {
+		avail, queue := ts.budget.main.State()
+		return avail == 0 && len(queue) > 0
+	})
+	// A liveness bound, far above the time a read takes and far below replyTimeout.
+	smallReadWithin(t, ts, 10*time.Second)
+}
+
+// stuckClients opens n connections with open, closed when the test ends.
+func stuckClients(t *testing.T, n int, open func() *rawConn) {
+	var stuck []*rawConn
+	for range n {
+		stuck = append(stuck, open())
+	}
+	// Before the server's Close, which would otherwise wait out shutdownGrace for them.
+	t.Cleanup(func() {
+		for _, s := range stuck {
+			s.nc.Close()
+		}
+	})
+}
+
+// smallReadWithin reads 4 KiB of disk1 on a new connection and fails the test unless the
+// read is served within bound.
+func smallReadWithin(t *testing.T, ts *testServer, bound time.Duration) {
+	t.Helper()
+	c := dialTest(t, "unix", ts.sock, "disk1")
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ReadAt(make([]byte, 4096), 0)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ReadAt: %v", err)
+		}
+	case <-time.After(bound):
+		t.Fatalf("a 4 KiB read waited %v behind clients that stalled", bound)
+	}
+}
+
+// TestServerDropsStalledClients: clients that stop reading their replies, or stop in the
+// middle of a write payload, hold the whole budget, reserve included. Once they have moved
+// nothing for stallTimeout while a third client waits for budget, they are disconnected (as
+// many as it takes), long before replyTimeout, and the third client is served.
+func TestServerDropsStalledClients(t *testing.T) {
+	const (
+		serverBytes  = 2 << 20
+		reserveBytes = 1 << 20
+		connBytes    = 1 << 20
+	)
+	for _, tt := range []struct {
+		name  string
+		stuck func(t *testing.T, sock string) *rawConn
+	}{
+		{"replies not read", func(t *testing.T, sock string) *rawConn { return stuckReader(t, sock, 16, 1<<20) }},
+		{"write payload not sent", func(t *testing.T, sock string) *rawConn {
+			c := dialRaw(t, sock)
+			c.enterGo("disk1")
+			c.request(0, cmdWrite, 1, 0, 1<<20, make([]byte, 1000))
+			return c
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			vol := newMemVolume(8<<20, 512)
+			ts := startServerWith(t, newExports("disk1", vol), func(s *Server) {
+				withBudget(serverBytes, reserveBytes, connBytes)(s)
+				s.stallTimeout = 100 * time.Millisecond
+			})
+			stuckClients(t, 2, func() *rawConn { return tt.stuck(t, ts.sock) })
+			testsupport.WaitUntil(t, "the stuck clients hold the whole budget", func() bool {
+				main, _ := ts.budget.main.State()
+				reserve, _ := ts.budget.reserve.State()
+				return main == 0 && reserve == 0
+			})
+			// A liveness bound, far below replyTimeout.
+			smallReadWithin(t, ts, 20*time.Second)
+		})
+	}
 }
 
 // TestServerDropsClientsThatStopReading: two clients that send reads and never read the replies
@@ -276,12 +375,13 @@ func TestServerDropsClientsThatStopReading(t *testing.T) {
 	)
 	vol := newMemVolume(8<<20, 512)
 	ts := startServerWith(t, newExports("disk1", vol), func(s *Server) {
-		withBudget(serverBytes, connBytes)(s)
+		withBudget(serverBytes, 0, connBytes)(s)
 		s.replyTimeout = 200 * time.Millisecond
+		s.stallTimeout = time.Hour
 	})
 	var stuck []*rawConn
 	for range 2 {
-		stuck = append(stuck, stuckReader(t, ts.sock, reqSize))
+		stuck = append(stuck, stuckReader(t, ts.sock, 16, reqSize))
 	}
 	c := dialTest(t, "unix", ts.sock, "disk1")
 	// The client's Close waits for its requests, which wait for the stuck clients' budget if
@@ -316,12 +416,12 @@ func writeReadBack(t *testing.T, c *Client, want []byte) <-chan struct{} {
 	return done
 }
 
-// stuckReader connects to disk1 and sends 16 reads of reqSize whose replies it never reads: far
+// stuckReader connects to disk1 and sends n reads of reqSize whose replies it never reads: far
 // more reply data than a socket buffer holds, so the server's writer blocks.
-func stuckReader(t *testing.T, sock string, reqSize uint32) *rawConn {
+func stuckReader(t *testing.T, sock string, n int, reqSize uint32) *rawConn {
 	c := dialRaw(t, sock)
 	c.enterGo("disk1")
-	for i := range 16 {
+	for i := range n {
 		c.request(0, cmdRead, uint64(i), 0, reqSize, nil)
 	}
 	return c

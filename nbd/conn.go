@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -84,14 +85,58 @@ func (c *conn) shutdown() {
 	c.budget.close()
 }
 
-// armReplyDeadline bounds the next write of replies by the server's replyTimeout, unless the
-// connection is shutting down: shutdown's deadline, which is shorter, stays.
-func (c *conn) armReplyDeadline() {
+// errStalled marks a client given up on because its replies or its write payload did not move.
+var errStalled = errors.New("client stalled")
+
+// transfer runs step, one write of replies or one read of a write payload that resumes where
+// the last one stopped, until it is done, under deadlines that setDeadline arms. It gives the
+// client up (errStalled) when the transfer has taken replyTimeout, or when a window of
+// stallTimeout moved nothing while another connection waits for payload budget: see budget.go.
+func (c *conn) transfer(what string, setDeadline func(time.Time) error, step func() (int64, error)) error {
+	start := time.Now()
+	for {
+		window := min(c.srv.stallTimeout, c.srv.replyTimeout-time.Since(start))
+		c.armDeadline(setDeadline, time.Now().Add(window))
+		n, err := step()
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || c.isStopping() {
+			return err
+		}
+		switch {
+		case time.Since(start) >= c.srv.replyTimeout:
+			return fmt.Errorf("%w: %s not done in %v", errStalled, what, c.srv.replyTimeout)
+		case n == 0 && c.budget.othersWait():
+			return fmt.Errorf("%w: %s: nothing moved in %v while other clients wait for memory",
+				errStalled, what, c.srv.stallTimeout)
+		}
+	}
+}
+
+// armDeadline sets a socket deadline with setDeadline unless the connection is shutting down:
+// shutdown's deadline stays. Under c.mu, so that the two cannot interleave.
+func (c *conn) armDeadline(setDeadline func(time.Time) error, t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.stopping {
-		c.nc.SetWriteDeadline(time.Now().Add(c.srv.replyTimeout))
+		setDeadline(t)
 	}
+}
+
+// readPayload reads a write payload into buf.
+func (c *conn) readPayload(buf []byte) error {
+	done := 0
+	err := c.transfer("write payload", c.nc.SetReadDeadline, func() (int64, error) {
+		n, err := io.ReadFull(c.br, buf[done:])
+		done += n
+		return int64(n), err
+	})
+	// Between requests the client may stay idle as long as it likes.
+	c.armDeadline(c.nc.SetReadDeadline, time.Time{})
+	return err
+}
+
+// send writes a batch of replies.
+func (c *conn) send(out net.Buffers) error {
+	return c.transfer("replies", c.nc.SetWriteDeadline, func() (int64, error) { return out.WriteTo(c.nc) })
 }
 
 // serve runs the connection to its end.
@@ -139,6 +184,8 @@ func (c *conn) serve() {
 		c.log.Debug().Msg("nbd: connection closed")
 	case errors.Is(err, errProtocol):
 		c.log.Warn().Err(err).Msg("nbd: connection closed on protocol violation")
+	case errors.Is(err, errStalled):
+		c.log.Warn().Err(err).Msg("nbd: disconnecting a client that stopped sending its write payload")
 	default:
 		c.log.Debug().Err(err).Msg("nbd: connection lost")
 	}
@@ -156,7 +203,7 @@ type request struct {
 	length uint32
 
 	buf   []byte // write payload, then read data
-	held  int64  // budget bytes held by buf
+	held  charge // budget held by buf
 	errno Errno
 	fatal bool // close the connection after replying
 	hdr   [simpleReplySize]byte
@@ -220,7 +267,7 @@ func (c *conn) readLoop(ex *export) error {
 				return nil
 			}
 			r.buf = getBuf(int(r.length))
-			if _, err := io.ReadFull(c.br, r.buf); err != nil {
+			if err := c.readPayload(r.buf); err != nil {
 				c.release(r)
 				return c.readErr("read write payload", err)
 			}
@@ -240,8 +287,8 @@ func (c *conn) readLoop(ex *export) error {
 // stopping. What is charged is the buffer getBuf will return, size class and all, so that the
 // bound is on memory rather than on payload.
 func (c *conn) charge(r *request) bool {
-	held, ok := c.budget.acquire(int64(bufCap(int(r.length))))
-	r.held = held
+	var ok bool
+	r.held, ok = c.budget.acquire(int64(bufCap(int(r.length))))
 	return ok
 }
 
@@ -391,9 +438,9 @@ func (c *conn) release(r *request) {
 		putBuf(r.buf)
 		r.buf = nil
 	}
-	if r.held != 0 {
+	if r.held.n != 0 {
 		c.budget.release(r.held)
-		r.held = 0
+		r.held = charge{}
 	}
 }
 
@@ -428,13 +475,14 @@ func (c *conn) writeLoop() {
 					bufs = append(bufs, r.buf)
 				}
 			}
-			out := bufs
-			c.armReplyDeadline()
-			if _, err := out.WriteTo(c.nc); err != nil {
+			if err := c.send(bufs); err != nil {
 				// Keep draining so workers and the reader never block on us; the replies are
 				// dropped, which is all a broken connection allows.
 				failed = true
-				if !c.isStopping() {
+				switch {
+				case errors.Is(err, errStalled):
+					c.log.Warn().Err(err).Msg("nbd: disconnecting a client that does not read its replies")
+				case !c.isStopping():
 					c.log.Debug().Err(err).Msg("nbd: send replies")
 				}
 				c.shutdown()

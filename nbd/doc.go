@@ -30,7 +30,9 @@
 // writer goroutine that batches every reply ready at the time into a single writev. Payload
 // buffers come from size-classed pools. The payload bytes in flight are bounded for the whole
 // server (MaxInFlightBytes, shared by all connections, granted in arrival order) so that the
-// daemon's memory does not grow with the number of clients, and for each connection (half of
-// that) so that one client that stops reading its replies cannot stall the others; a client
-// whose replies cannot be sent for a minute is disconnected, which gives its share back.
+// daemon's memory does not grow with the number of clients, and for each connection. One
+// request's worth of the server's budget is reserved for connections that hold none of it, so
+// clients that stop reading their replies cannot stall a well-behaved one; such a client is
+// disconnected, which gives its share back, once its replies (or its write payload) have not
+// moved for 3 s while another connection waits for budget, or have taken a minute.
 package nbd

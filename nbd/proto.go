@@ -129,10 +129,11 @@ const (
 	// 64 MiB each (`hast bench --daemon-rss`): at 800 MiB/s it is 80 ms of writes, far more
 	// than a fullsync round trip.
 	MaxInFlightBytes = 64 << 20
-	// connInFlightBytes bounds what one connection holds: half of the server's, so that a client
-	// that stops reading leaves MaxRequest to the others, and at least MaxRequest, so that any
+	// reserveBytes of it are kept for connections that hold nothing: one request of any size.
+	reserveBytes = MaxRequest
+	// connInFlightBytes bounds what one connection holds: at least MaxRequest, so that any
 	// request fits.
-	connInFlightBytes = MaxInFlightBytes / 2
+	connInFlightBytes = MaxInFlightBytes - reserveBytes
 )
 
 // Errno is an error value of an NBD reply. The client returns it (wrapped) when the server

@@ -15,7 +15,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"hast/internal/budget"
 	"hast/replicate"
 )
 
@@ -36,11 +35,17 @@ var ErrServerClosed = errors.New("nbd: server closed")
 // client that stopped reading.
 const shutdownGrace = 5 * time.Second
 
-// replyTimeout is how long the replies of one batch may take to reach the socket. A client that
-// stops reading its replies for that long is disconnected: otherwise it would keep its share of
-// the server's payload budget (and two such clients all of it) for ever. Kernel and qemu clients
+// replyTimeout is how long the replies of one batch (or one write payload) may take to cross
+// the socket. A client that stops reading its replies for that long is disconnected: otherwise
+// it would keep its share of the server's payload budget for ever. Kernel and qemu clients
 // read replies as they come; Linux's own nbd client gives up on a request after 30 s.
 const replyTimeout = 60 * time.Second
+
+// stallTimeout is how long replies (or a write payload) may make no progress at all while
+// another connection waits for the payload budget, before the client is disconnected to give
+// its share back. A client reading its replies moves some bytes in that time however slow its
+// link.
+const stallTimeout = 3 * time.Second
 
 // Server serves NBD clients on any number of listeners. It is safe for concurrent use.
 type Server struct {
@@ -49,10 +54,11 @@ type Server struct {
 
 	// budget bounds the payload bytes of all connections together; each may hold connBytes
 	// of it (see budget.go).
-	budget    *budget.Budget
+	budget    *serverBudget
 	connBytes int64
 
 	replyTimeout time.Duration // replyTimeout; tests shorten it
+	stallTimeout time.Duration // stallTimeout; tests shorten it
 
 	mu        sync.Mutex
 	closed    bool
@@ -66,10 +72,11 @@ func NewServer(exp Exports, log zerolog.Logger) *Server {
 	return &Server{
 		exp:       exp,
 		log:       log,
-		budget:    budget.New(MaxInFlightBytes),
+		budget:    newServerBudget(MaxInFlightBytes, reserveBytes),
 		connBytes: connInFlightBytes,
 
 		replyTimeout: replyTimeout,
+		stallTimeout: stallTimeout,
 		listeners:    make(map[net.Listener]struct{}),
 		conns:        make(map[*conn]struct{}),
 	}

@@ -42,14 +42,14 @@ func (b *Budget) Size() int64 { return b.size }
 // holding nothing, when cancel is closed before the bytes are granted; a nil cancel waits for
 // as long as it takes.
 func (b *Budget) Acquire(n int64, cancel <-chan struct{}) bool {
-	b.mu.Lock()
-	if b.waiters.Len() == 0 && b.avail >= n {
-		b.avail -= n
-		b.mu.Unlock()
+	if b.TryAcquire(n) {
 		return true
 	}
+	b.mu.Lock()
 	w := &waiter{n: n, ready: make(chan struct{})}
 	e := b.waiters.PushBack(w)
+	// Bytes given back since TryAcquire looked would otherwise wait for the next release.
+	b.grantLocked()
 	b.mu.Unlock()
 
 	select {
@@ -71,7 +71,19 @@ func (b *Budget) Acquire(n int64, cancel <-chan struct{}) bool {
 	return false
 }
 
-// Release gives back n bytes taken by Acquire.
+// TryAcquire takes n bytes if they are available now and nobody waits for them; it never
+// waits.
+func (b *Budget) TryAcquire(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.waiters.Len() == 0 && b.avail >= n {
+		b.avail -= n
+		return true
+	}
+	return false
+}
+
+// Release gives back n bytes taken by Acquire or TryAcquire.
 func (b *Budget) Release(n int64) {
 	b.mu.Lock()
 	b.avail += n
