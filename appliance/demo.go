@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -38,6 +39,9 @@ type Cluster struct {
 	Out       io.Writer // where CLI output goes
 	Log       io.Writer // progress lines
 	opt       ClusterOptions
+
+	pidMu sync.Mutex
+	pids  map[string]int // running daemons by node, for Abort
 }
 
 // Node is one daemon of a Cluster.
@@ -194,7 +198,19 @@ func (c *Cluster) Start(n *Node, extra ...string) error {
 		return fmt.Errorf("start %s: %w", n.Name, err)
 	}
 	n.cmd, n.logFile, n.exited = cmd, lf, make(chan error, 1)
-	go func() { n.exited <- cmd.Wait() }()
+	c.pidMu.Lock()
+	if c.pids == nil {
+		c.pids = map[string]int{}
+	}
+	c.pids[n.Name] = cmd.Process.Pid
+	c.pidMu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		c.pidMu.Lock()
+		delete(c.pids, n.Name)
+		c.pidMu.Unlock()
+		n.exited <- err
+	}()
 	cl, err := c.Client(n)
 	if err != nil {
 		return err
@@ -272,6 +288,38 @@ func (c *Cluster) Kill(n *Node, sig syscall.Signal) {
 		// A daemon killed without unmounting leaves a dead FUSE mount behind.
 		unix.Unmount(n.FUSE, unix.MNT_DETACH)
 	}
+}
+
+// Abort ends both daemons at once with SIGKILL and detaches their FUSE mounts; unlike Stop it
+// may run while another goroutine drives the cluster (a signal handler). It returns what it
+// could not clean up.
+func (c *Cluster) Abort() error {
+	c.pidMu.Lock()
+	for _, pid := range c.pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	c.pidMu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c.pidMu.Lock()
+		left := len(c.pids)
+		c.pidMu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d daemon(s) still running after SIGKILL", left)
+		}
+	}
+	var errs []error
+	for _, n := range c.Nodes {
+		if n == nil || n.FUSE == "" {
+			continue
+		}
+		if err := unix.Unmount(n.FUSE, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("FUSE mount %s: %w", n.FUSE, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Stop ends both daemons.
@@ -367,6 +415,15 @@ func (c *CLI) demo(args []string) error {
 		os.RemoveAll(dir)
 		return err
 	}
+	// Ctrl-C, SIGTERM, or a reader that went away (SIGPIPE on the next line printed) would
+	// otherwise end the process at once, leaving dead FUSE mounts and the directory behind.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGPIPE)
+	defer signal.Stop(sig)
+	go func() {
+		s := <-sig
+		os.Exit(c.demoInterrupted(cl, s.(syscall.Signal), *keep))
+	}()
 	defer func() {
 		cl.Stop()
 		if *keep {
@@ -480,6 +537,22 @@ func (c *CLI) demo(args []string) error {
 	}
 	say("demo complete: failover lost nothing")
 	return nil
+}
+
+// demoInterrupted cleans up after a signal and returns the exit status (128 + signal). It writes
+// to stderr only: stdout may be the closed pipe.
+func (c *CLI) demoInterrupted(cl *Cluster, s syscall.Signal, keep bool) int {
+	fmt.Fprintf(c.Stderr, "hast demo: %v: stopping the daemons\n", s)
+	if err := cl.Abort(); err != nil {
+		fmt.Fprintf(c.Stderr, "hast demo: cleanup failed, left behind in %s: %v\n", cl.Dir, err)
+		return 128 + int(s)
+	}
+	if keep {
+		fmt.Fprintf(c.Stderr, "hast demo: kept %s\n", cl.Dir)
+	} else if err := os.RemoveAll(cl.Dir); err != nil {
+		fmt.Fprintf(c.Stderr, "hast demo: could not remove %s: %v\n", cl.Dir, err)
+	}
+	return 128 + int(s)
 }
 
 func firstDiff(a, b []byte) int {
