@@ -321,7 +321,7 @@ func validate(ex *export, r *request) Errno {
 	if r.typ == cmdRead && r.length > MaxRequest {
 		return EINVAL
 	}
-	if r.off%uint64(ex.sector) != 0 || uint64(r.length)%uint64(ex.sector) != 0 {
+	if !ex.anyAlign && (r.off%uint64(ex.sector) != 0 || uint64(r.length)%uint64(ex.sector) != 0) {
 		return EINVAL
 	}
 	if r.off > uint64(ex.size) || uint64(r.length) > uint64(ex.size)-r.off {
@@ -361,48 +361,26 @@ func (c *conn) worker(r *request) {
 	}
 }
 
-// zeroes is the source of NBD_CMD_WRITE_ZEROES data; volumes only read it.
-var zeroes [1 << 20]byte
-
 // execute runs a validated request against the volume and records the result in r.
 func (c *conn) execute(r *request) {
-	vol := c.ex.vol
-	off := int64(r.off)
+	ex := c.ex
+	vol := ex.vol
+	off, length := int64(r.off), int64(r.length)
 	var err error
 	switch r.typ {
 	case cmdRead:
 		r.buf = getBuf(int(r.length))
-		var n int
-		n, err = vol.ReadAt(r.buf, off)
-		if n == len(r.buf) && errors.Is(err, io.EOF) {
-			err = nil
-		} else if err == nil && n < len(r.buf) {
-			err = fmt.Errorf("short read: %d of %d bytes", n, len(r.buf))
-		}
+		err = ex.read(r.buf, off)
 	case cmdWrite:
-		var n int
-		n, err = vol.WriteAt(r.buf, off)
-		if err == nil && n < len(r.buf) {
-			err = fmt.Errorf("short write: %d of %d bytes", n, len(r.buf))
-		}
+		err = ex.write(off, length, r.buf)
 		// The payload is done with; give the memory back before the reply waits in line.
 		c.release(r)
 	case cmdFlush:
 		err = vol.Flush()
 	case cmdTrim:
-		err = vol.Discard(off, int64(r.length))
+		err = ex.trim(off, length)
 	case cmdWriteZeroes:
-		// The volume does not promise zeroes after Discard, so NO_HOLE or not, zeroes are
-		// written.
-		for done := int64(0); done < int64(r.length) && err == nil; {
-			n := min(int64(r.length)-done, int64(len(zeroes)))
-			var w int
-			w, err = vol.WriteAt(zeroes[:n], off+done)
-			if err == nil && int64(w) < n {
-				err = fmt.Errorf("short write: %d of %d bytes", w, n)
-			}
-			done += n
-		}
+		err = ex.write(off, length, nil)
 	}
 	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdRead && r.typ != cmdFlush {
 		err = vol.Flush()

@@ -15,13 +15,17 @@
 // the export size and flags and the block size constraints (minimum = the volume's sector size,
 // preferred 4 KiB, maximum 32 MiB).
 //
-// Transmission supports READ, WRITE (with FUA), DISC, FLUSH, TRIM and WRITE_ZEROES. Requests are
-// validated before anything reaches the Volume: misaligned or out-of-range requests, unknown
-// commands and unknown flags get NBD_EINVAL (NBD_ENOSPC for writes past the end), a WRITE whose
-// payload exceeds 32 MiB or a request with a bad magic closes the connection. Empty (zero-length)
-// requests at a valid offset succeed without reaching the Volume. Volume errors map to
-// NBD_EIO, except replicate.ErrRange (NBD_EINVAL) and replicate.ErrNotPrimary (NBD_ESHUTDOWN, after
-// which the connection is closed).
+// Transmission supports READ, WRITE (with FUA), DISC, FLUSH, TRIM and WRITE_ZEROES. A client that
+// asked for NBD_INFO_BLOCK_SIZE must align its requests to the sector size. One that did not (every
+// NBD_OPT_EXPORT_NAME client) is served at any byte offset and length, as the spec requires:
+// partial sectors are read whole, and written by read-modify-write under a range lock of the
+// export, so that concurrent writes to one sector do not undo each other. Requests are validated
+// before anything reaches the Volume: misaligned requests from a client that agreed to block sizes,
+// out-of-range requests, unknown commands and unknown flags get NBD_EINVAL (NBD_ENOSPC for writes
+// past the end), a WRITE whose payload exceeds 32 MiB or a request with a bad magic closes the
+// connection. Empty (zero-length) requests at a valid offset succeed without reaching the Volume.
+// Volume errors map to NBD_EIO, except replicate.ErrRange (NBD_EINVAL) and replicate.ErrNotPrimary
+// (NBD_ESHUTDOWN, after which the connection is closed).
 //
 // # Concurrency
 //

@@ -64,7 +64,8 @@ type Server struct {
 	closed    bool
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	wg        sync.WaitGroup // connection goroutines
+	locks     map[string]*rangeLock // by export name; see rmw.go
+	wg        sync.WaitGroup        // connection goroutines
 }
 
 // NewServer returns a server for the volumes exp exports.
@@ -79,6 +80,7 @@ func NewServer(exp Exports, log zerolog.Logger) *Server {
 		stallTimeout: stallTimeout,
 		listeners:    make(map[net.Listener]struct{}),
 		conns:        make(map[*conn]struct{}),
+		locks:        make(map[string]*rangeLock),
 	}
 }
 
@@ -251,6 +253,10 @@ type export struct {
 	vol    replicate.Volume
 	size   int64
 	sector int64
+	locks  *rangeLock // the export's, shared by all its connections (see rmw.go)
+	// anyAlign: the client was not told of block sizes, so requests at any byte offset and of
+	// any length are served (see rmw.go).
+	anyAlign bool
 }
 
 // lookup finds name and checks that its geometry can be described to a client.
@@ -266,7 +272,20 @@ func (c *conn) lookup(name string) (*export, uint32, string) {
 		return nil, repErrPlatform, fmt.Sprintf("export %q has unsupported geometry (size %d, sector %d)",
 			name, size, sector)
 	}
-	return &export{name: name, vol: vol, size: size, sector: int64(sector)}, 0, ""
+	ex := &export{name: name, vol: vol, size: size, sector: int64(sector), locks: c.srv.rangeLock(name)}
+	return ex, 0, ""
+}
+
+// rangeLock returns the range lock of export name.
+func (s *Server) rangeLock(name string) *rangeLock {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.locks[name]
+	if !ok {
+		l = newRangeLock()
+		s.locks[name] = l
+	}
+	return l
 }
 
 // option answers one option. It returns a non-nil export when transmission starts.
@@ -279,6 +298,7 @@ func (c *conn) option(w *bufio.Writer, opt uint32, data []byte, noZeroes bool) (
 			// This option has no way to report an error but closing the connection.
 			return nil, fmt.Errorf("%w: export-name: %s", errHandshake, msg)
 		}
+		ex.anyAlign = true
 		var b [10 + 124]byte
 		binary.BigEndian.PutUint64(b[0:], uint64(ex.size))
 		binary.BigEndian.PutUint16(b[8:], exportFlags)
@@ -394,6 +414,8 @@ func (c *conn) infoGo(w *bufio.Writer, opt uint32, data []byte) (*export, error)
 		return nil, err
 	}
 	if opt == optGo {
+		// Block sizes a client did not ask for are not ones it agreed to honour.
+		ex.anyAlign = !wantBlock
 		return ex, w.Flush()
 	}
 	return nil, nil
