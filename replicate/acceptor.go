@@ -28,7 +28,8 @@ type Target interface {
 
 // Acceptor is the listening side of the handshake (what HAST's parent process does on the
 // secondary): it checks the peer address, pairs the two connections by token, and hands them to
-// the resource. Connections from addresses that are no resource's remote are dropped, logged.
+// the resource. Connections from addresses that are no resource's remote are refused, logged,
+// and told why (MsgUnknownAddress) if they open with a plain handshake message.
 type Acceptor struct {
 	Lookup  func(resource string) (Target, bool)
 	Known   func(ip net.IP) bool
@@ -95,12 +96,35 @@ func (a *Acceptor) timeout() time.Duration {
 	return DefaultTimeout
 }
 
+// MsgUnknownAddress is the errmsg a connection from an address that is no resource's remote
+// gets: the node connecting learns why (two nodes on one machine without `source` lines connect
+// from the wrong address), instead of a bare reset.
+const MsgUnknownAddress = "Address not a configured remote."
+
+// unknownGrace is how long a connection from an unknown address has to send its first frame: a
+// HAST primary sends it at once.
+const unknownGrace = 2 * time.Second
+
+// refuseUnknown answers the first frame of a connection from an unknown address with
+// MsgUnknownAddress, without looking at it further, and closes the connection. A peer that
+// opens with anything else (a TLS handshake), or not within unknownGrace, is just closed.
+func (a *Acceptor) refuseUnknown(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(min(a.timeout(), unknownGrace)))
+	if _, _, _, err := proto.NewReader(c, 4096).Next(); err != nil {
+		return
+	}
+	var out nv.List
+	out.AddString("errmsg", MsgUnknownAddress)
+	proto.WriteFrame(c, 1, &out, nil)
+}
+
 func (a *Acceptor) handle(c net.Conn) {
 	ip := peerIP(c)
 	log := a.Log.With().Str("peer", c.RemoteAddr().String()).Logger()
 	if ip != nil && !a.Known(ip) {
 		log.Warn().Msg("connection from an address that is no resource's remote refused")
-		c.Close()
+		a.refuseUnknown(c)
 		return
 	}
 	c.SetDeadline(time.Now().Add(a.timeout()))

@@ -108,6 +108,9 @@ type Config struct {
 	OnDiscardSaved func(path string)
 	// OnEvent is called for hook events; it must not block.
 	OnEvent func(Event)
+	// OnConnect, if set, is told the outcome of each attempt to connect to the peer (nil when
+	// it succeeded), so that status can say why a primary is not connected; it must not block.
+	OnConnect func(error)
 
 	// asyncBuffer replaces AsyncBufferBytes when set (tests).
 	asyncBuffer int64

@@ -30,7 +30,11 @@ func (p *Primary) guard() {
 	lastErr := ""
 	for {
 		if p.lnk.Load() == nil {
-			if err := p.connect(); err != nil {
+			err := p.connect()
+			if p.cfg.OnConnect != nil {
+				p.cfg.OnConnect(err)
+			}
+			if err != nil {
 				if err.Error() != lastErr {
 					p.log.Warn().Err(err).Str("remote", p.cfg.Remote).Msg("unable to connect to the peer; will retry")
 					lastErr = err.Error()
