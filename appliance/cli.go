@@ -671,6 +671,9 @@ func printList(w io.Writer, res []statusEntry) {
 		if r.Status != "" {
 			fmt.Fprintf(w, "  status: %s\n", r.Status)
 		}
+		if r.LastError != "" {
+			fmt.Fprintf(w, "  last error: %s\n", r.LastError)
+		}
 		if r.WorkerPID != 0 {
 			fmt.Fprintf(w, "  workerpid: %d\n", r.WorkerPID)
 		}

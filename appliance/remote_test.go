@@ -32,3 +32,30 @@ func TestUnresolvableRemoteKeepsDaemonUp(t *testing.T) {
 		t.Errorf("the lookup failure was logged %d times, want once:\n%s", n, daemonLog(t, h1))
 	}
 }
+
+// TestRefusedPeerReasonInStatus: two nodes on one machine without `source` lines pair the first
+// time (hast1 happens to connect from its own address) but not after failover: hast2 connects
+// from 127.0.0.1 too, which hast1 does not know. hast2's status must say why, in hast1's words.
+func TestRefusedPeerReasonInStatus(t *testing.T) {
+	noSource := regexp.MustCompile(`\t\tsource [^\n]*\n`)
+	drop := func(conf string) string { return noSource.ReplaceAllString(conf, "") }
+	c, _ := newTestCluster(t, ClusterOptions{Wrap: editConf(t, map[string]func(string) string{"hast1": drop, "hast2": drop})})
+	h1, h2 := c.Nodes[0], c.Nodes[1]
+	pair(t, c)
+	must(t, c.Role(h1, "secondary", "all"))
+	must(t, c.Role(h2, "primary", "all"))
+	cl := mustClient(t, c, h2)
+	const want = "refused by peer: address not a configured remote"
+	last := ""
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		st, err := cl.Status("disk1")
+		must(t, err)
+		if last = st[0].LastError; last == want && !st[0].Connected {
+			if code, o := cliRun("list", "-c", c.Conf, "--node", h2.Name, "disk1"); code != 0 || !strings.Contains(o, "last error: "+want) {
+				t.Fatalf("hast list on hast2: exit %d, no last error line:\n%s", code, o)
+			}
+			return
+		}
+	}
+	t.Fatalf("hast2's status says %q, want %q\nhast2 log:\n%s", last, want, daemonLog(t, h2))
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,6 +84,7 @@ type resource struct {
 	discardNext  bool   // resolve --keep remote: the next session discards our divergent extents
 	lastSaved    string // where the last discarded split-brain data went
 	lastErr      string
+	connErr      string // why the primary's last attempt to connect failed, "" if it did not
 }
 
 func newResource(d *Daemon, rc *config.Resource) (*resource, error) {
@@ -138,6 +140,11 @@ func (r *resource) setConfig(rc *config.Resource) error {
 		SyncRate:    r.d.opt.SyncRate,
 		Dial:        r.d.opt.Dial,
 		OnEvent:     r.event,
+		OnConnect: func(err error) {
+			r.evMu.Lock()
+			r.connErr = connectError(err)
+			r.evMu.Unlock()
+		},
 
 		SplitBrainDir: r.d.opt.StateDir,
 		OnDiscardSaved: func(path string) {
@@ -240,6 +247,25 @@ func (r *resource) event(e replicate.Event) {
 		r.clearSplitBrain()
 	}
 	r.d.hooks.run(exec, string(e), r.name)
+}
+
+// connectError says why a primary could not connect, for status: a refusal in the peer's own
+// words ("refused by peer: address not a configured remote"), otherwise the error.
+func connectError(err error) string {
+	if err == nil {
+		return ""
+	}
+	const refused = "peer refused the connection: "
+	msg := err.Error()
+	i := strings.Index(msg, refused)
+	if i < 0 {
+		return msg
+	}
+	why := strings.TrimSuffix(msg[i+len(refused):], ".")
+	if why != "" {
+		why = strings.ToLower(why[:1]) + why[1:]
+	}
+	return "refused by peer: " + why
 }
 
 // ErrBusy is returned when a role change is refused because the volume is in use.
@@ -473,13 +499,16 @@ func (r *resource) status() ResourceStatus {
 	}
 	r.evMu.Lock()
 	s.SplitBrain, s.LastError, s.LastSaved = r.splitBrain, r.lastErr, r.lastSaved
-	secConnected := r.secConnected
+	secConnected, connErr := r.secConnected, r.connErr
 	r.evMu.Unlock()
 	switch r.role {
 	case RolePrimary:
 		ps := r.primary.Status()
 		s.WorkerPID = os.Getpid()
 		s.Connected, s.Syncing = ps.Connected, ps.Syncing
+		if !ps.Connected && connErr != "" {
+			s.LastError = connErr
+		}
 		s.Status = "degraded"
 		if ps.Connected && !ps.Degraded {
 			s.Status = "complete"
