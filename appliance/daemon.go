@@ -307,8 +307,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
-// Close stops every resource and closes all sockets.
+// Close stops every resource and closes all sockets. Exported volumes are flushed first, so
+// what the frontends acknowledged is durable before anything is torn down.
 func (d *Daemon) Close() {
+	for _, name := range d.Names() {
+		if v, ok := d.Lookup(name); ok {
+			if err := v.Flush(); err != nil {
+				d.log.Warn().Err(err).Str("resource", name).Msg("flush before shutdown")
+			}
+		}
+	}
 	d.mu.Lock()
 	rs := make([]*resource, 0, len(d.resources))
 	for _, n := range d.order {

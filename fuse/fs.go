@@ -53,6 +53,10 @@ const (
 	// for an inode (a resized volume is a new inode), and Add and Remove invalidate names
 	// explicitly, so a long timeout only saves round trips.
 	attrTimeout = time.Hour
+	// serverStopWait bounds how long Unmount waits for go-fuse's server after the connection
+	// was aborted (its readers return at once then; this only guards shutdown against a
+	// reader that does not).
+	serverStopWait = 2 * time.Second
 )
 
 // FS is a mounted directory of volume files.
@@ -254,10 +258,15 @@ func (f *FS) Names() []string {
 	return names
 }
 
-// Unmount removes every file (forcibly, waiting for requests inside the Volumes) and unmounts
-// the directory. If files are still open the mount cannot be unmounted normally; it is then
-// detached lazily and the connection is aborted through fusectl, so handles still open get
-// errors and the server stops. Unmount is idempotent.
+// Unmount removes every file (forcibly, waiting for requests inside the Volumes), unmounts the
+// directory (lazily if files are still open), and then ends the FUSE connection through
+// fusectl, so handles still open anywhere get errors and the server stops. It waits at most
+// serverStopWait for the server. Unmount is idempotent.
+//
+// go-fuse's Server.Unmount is not used: after an unmount that succeeds it waits for the
+// server's readers, which return only when the connection ends, and a copy of the mount in
+// another mount namespace (a service with PrivateTmp, a container) with the file open keeps
+// the connection alive for ever.
 func (f *FS) Unmount() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -269,23 +278,30 @@ func (f *FS) Unmount() error {
 			return fmt.Errorf("fuse: unmount %s: retire %q: %w", f.dir, name, err)
 		}
 	}
-	err := f.server.Unmount()
-	if err == nil {
+	if err := unix.Unmount(f.dir, 0); err != nil {
+		f.log.Warn().Str("dir", f.dir).Err(err).Msg("fuse: unmount failed, detaching lazily")
+		switch err := unix.Unmount(f.dir, unix.MNT_DETACH); {
+		case errors.Is(err, unix.EINVAL):
+			// Someone unmounted it already; what is left is ending the connection.
+			f.log.Warn().Str("dir", f.dir).Msg("fuse: the view was no longer mounted")
+		case err != nil:
+			return fmt.Errorf("fuse: unmount %s: lazy detach: %w", f.dir, err)
+		}
+	}
+	if !f.abortConnection() {
+		f.log.Warn().Str("dir", f.dir).Msg("fuse: unmounted; the connection lives until the last open handle is closed")
 		f.finishUnmount()
 		return nil
 	}
-	f.log.Warn().Str("dir", f.dir).Err(err).Msg("fuse: unmount failed, detaching lazily")
-	switch err := unix.Unmount(f.dir, unix.MNT_DETACH); {
-	case errors.Is(err, unix.EINVAL):
-		// Someone unmounted it already; what is left is ending the connection.
-		f.log.Warn().Str("dir", f.dir).Msg("fuse: the view was no longer mounted")
-	case err != nil:
-		return fmt.Errorf("fuse: unmount %s: lazy detach: %w", f.dir, err)
-	}
-	if f.abortConnection() {
+	stopped := make(chan struct{})
+	go func() {
 		f.server.Wait()
-	} else {
-		f.log.Warn().Str("dir", f.dir).Msg("fuse: detached; the connection lives until the last open handle is closed")
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(serverStopWait):
+		f.log.Warn().Str("dir", f.dir).Dur("waited", serverStopWait).Msg("fuse: the server has not stopped; going on without it")
 	}
 	f.finishUnmount()
 	return nil
