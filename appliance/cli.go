@@ -449,6 +449,12 @@ func (cl *Client) do(method, path string, body any, out any) error {
 	}
 	resp, err := cl.hc.Do(req)
 	if err != nil {
+		// The HTTP and dial layers each repeat the URL and the socket path; the socket
+		// error alone is what is new.
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = oe.Err
+		}
 		return exitErr(exUnavailable, fmt.Errorf("cannot reach hastd on %s: %w", cl.path, err))
 	}
 	defer resp.Body.Close()

@@ -58,6 +58,10 @@ func TestCLIAsOperatorsUseIt(t *testing.T) {
 	if code == 0 || strings.Count(o, "disk1") != 1 {
 		t.Errorf("hast create on a 4 KiB file: exit %d, want an error naming disk1 once:\n%s", code, o)
 	}
+	// A daemon that is not running: the socket is named once.
+	if code, o := cliRun("status", "-c", c.Conf, "--node", "hast1"); code == 0 || strings.Count(o, filepath.Join(c.Nodes[0].Dir, "ctl.sock")) != 1 {
+		t.Errorf("hast status without a daemon: exit %d, want an error naming the control socket once:\n%s", code, o)
+	}
 	// attach of a resource hast.conf lacks says so.
 	if code, o := cliRun("attach", "-c", c.Conf, "--node", "hast1", "nosuch"); code == 0 || !strings.Contains(o, "unknown resource nosuch") {
 		t.Errorf("hast attach nosuch: exit %d\n%s", code, o)
