@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -57,12 +58,18 @@ var callPool = sync.Pool{New: func() any { return &call{done: make(chan error, 1
 // Dial connects to an NBD server, negotiates fixed newstyle and enters transmission with
 // NBD_OPT_GO for export. ctx bounds the dial and the handshake.
 func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
+	return DialTLS(ctx, network, addr, export, nil)
+}
+
+// DialTLS is Dial that upgrades the connection with NBD_OPT_STARTTLS and cfg before asking for
+// the export; a nil cfg is Dial.
+func DialTLS(ctx context.Context, network, addr, export string, cfg *tls.Config) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: dial %s %s: %w", network, addr, err)
 	}
-	c, err := newClient(ctx, nc, export)
+	c, err := newClient(ctx, nc, export, cfg)
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("nbd: handshake with %s for export %q: %w", addr, export, err)
@@ -70,7 +77,7 @@ func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
 	return c, nil
 }
 
-func newClient(ctx context.Context, nc net.Conn, export string) (*Client, error) {
+func newClient(ctx context.Context, nc net.Conn, export string, cfg *tls.Config) (*Client, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
@@ -82,7 +89,7 @@ func newClient(ctx context.Context, nc net.Conn, export string) (*Client, error)
 		readerDone: make(chan struct{}),
 	}
 	c.cond.L = &c.mu
-	err := c.handshake(export)
+	err := c.handshake(ctx, export, cfg)
 	if !stop() {
 		// The context ended while we negotiated; its deadline may be set on nc by now.
 		return nil, errors.Join(err, ctx.Err())
@@ -90,12 +97,12 @@ func newClient(ctx context.Context, nc net.Conn, export string) (*Client, error)
 	if err != nil {
 		return nil, err
 	}
-	nc.SetDeadline(time.Time{})
+	c.nc.SetDeadline(time.Time{})
 	go c.readLoop()
 	return c, nil
 }
 
-func (c *Client) handshake(export string) error {
+func (c *Client) handshake(ctx context.Context, export string, cfg *tls.Config) error {
 	if len(export) > maxNameLen {
 		return fmt.Errorf("export name longer than %d bytes", maxNameLen)
 	}
@@ -118,9 +125,15 @@ func (c *Client) handshake(export string) error {
 		clientFlags |= flagCNoZeroes
 	}
 
-	// Client flags and NBD_OPT_GO go out in one write.
-	msg := make([]byte, 0, 4+optHeaderSize+4+len(export)+4)
+	// Client flags and the first option go out in one write.
+	msg := make([]byte, 0, 4+2*optHeaderSize+4+len(export)+4)
 	msg = binary.BigEndian.AppendUint32(msg, clientFlags)
+	if cfg != nil {
+		if err := c.startTLS(ctx, msg, cfg); err != nil {
+			return err
+		}
+		msg = msg[:0]
+	}
 	msg = binary.BigEndian.AppendUint64(msg, magicOpt)
 	msg = binary.BigEndian.AppendUint32(msg, optGo)
 	msg = binary.BigEndian.AppendUint32(msg, uint32(4+len(export)+2+2))
@@ -134,24 +147,9 @@ func (c *Client) handshake(export string) error {
 
 	gotExport := false
 	for {
-		var h [optReplySize]byte
-		if _, err := io.ReadFull(c.br, h[:]); err != nil {
-			return fmt.Errorf("read option reply: %w", err)
-		}
-		if m := binary.BigEndian.Uint64(h[0:]); m != magicOptReply {
-			return fmt.Errorf("bad option reply magic %#x", m)
-		}
-		if o := binary.BigEndian.Uint32(h[8:]); o != optGo {
-			return fmt.Errorf("reply to option %d, expected %d", o, optGo)
-		}
-		typ := binary.BigEndian.Uint32(h[12:])
-		length := binary.BigEndian.Uint32(h[16:])
-		if length > maxOptionLen {
-			return fmt.Errorf("option reply of %d bytes", length)
-		}
-		data := make([]byte, length)
-		if _, err := io.ReadFull(c.br, data); err != nil {
-			return fmt.Errorf("read option reply data: %w", err)
+		typ, data, err := c.optReply(optGo)
+		if err != nil {
+			return err
 		}
 		switch {
 		case typ == repAck:
@@ -205,6 +203,55 @@ func (c *Client) handshake(export string) error {
 			return fmt.Errorf("unexpected option reply type %d", typ)
 		}
 	}
+}
+
+// startTLS sends pre (client flags, when they have not gone yet) and NBD_OPT_STARTTLS, and
+// upgrades the connection once the server agrees.
+func (c *Client) startTLS(ctx context.Context, pre []byte, cfg *tls.Config) error {
+	msg := binary.BigEndian.AppendUint64(pre, magicOpt)
+	msg = binary.BigEndian.AppendUint32(msg, optStartTLS)
+	msg = binary.BigEndian.AppendUint32(msg, 0)
+	if _, err := c.nc.Write(msg); err != nil {
+		return fmt.Errorf("send starttls: %w", err)
+	}
+	typ, data, err := c.optReply(optStartTLS)
+	if err != nil {
+		return err
+	}
+	if typ != repAck {
+		return fmt.Errorf("server refused NBD_OPT_STARTTLS with %s: %s", repName(typ), data)
+	}
+	tc := tls.Client(c.nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.nc = tc
+	c.br = bufio.NewReaderSize(tc, 64<<10)
+	return nil
+}
+
+// optReply reads one reply to option opt.
+func (c *Client) optReply(opt uint32) (typ uint32, data []byte, err error) {
+	var h [optReplySize]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		return 0, nil, fmt.Errorf("read option reply: %w", err)
+	}
+	if m := binary.BigEndian.Uint64(h[0:]); m != magicOptReply {
+		return 0, nil, fmt.Errorf("bad option reply magic %#x", m)
+	}
+	if o := binary.BigEndian.Uint32(h[8:]); o != opt {
+		return 0, nil, fmt.Errorf("reply to option %d, expected %d", o, opt)
+	}
+	typ = binary.BigEndian.Uint32(h[12:])
+	length := binary.BigEndian.Uint32(h[16:])
+	if length > maxOptionLen {
+		return 0, nil, fmt.Errorf("option reply of %d bytes", length)
+	}
+	data = make([]byte, length)
+	if _, err := io.ReadFull(c.br, data); err != nil {
+		return 0, nil, fmt.Errorf("read option reply data: %w", err)
+	}
+	return typ, data, nil
 }
 
 func repName(t uint32) string {

@@ -18,11 +18,15 @@ import (
 
 // conn is one client connection: the handshake, then the transmission phase.
 type conn struct {
-	srv  *Server
-	nc   net.Conn
-	br   *bufio.Reader
-	log  zerolog.Logger
-	done chan struct{} // closed when the connection is fully gone
+	srv    *Server
+	policy *Policy
+	nc     net.Conn // the socket, or the TLS connection over it once secured
+	br     *bufio.Reader
+	// secured: the client upgraded with NBD_OPT_STARTTLS. Set by the reader before the writer
+	// starts.
+	secured bool
+	log     zerolog.Logger
+	done    chan struct{} // closed when the connection is fully gone
 
 	mu       sync.Mutex
 	ex       *export // set once transmission starts
@@ -37,17 +41,18 @@ type conn struct {
 	budget   connBudget
 }
 
-func newConn(s *Server, nc net.Conn) *conn {
+func newConn(s *Server, nc net.Conn, p *Policy) *conn {
 	remote := "unknown"
 	if a := nc.RemoteAddr(); a != nil {
 		remote = a.String()
 	}
 	c := &conn{
-		srv:  s,
-		nc:   nc,
-		br:   bufio.NewReaderSize(nc, 64<<10),
-		log:  s.log.With().Str("remote", remote).Logger(),
-		done: make(chan struct{}),
+		srv:    s,
+		policy: p,
+		nc:     nc,
+		br:     bufio.NewReaderSize(nc, 64<<10),
+		log:    s.log.With().Str("remote", remote).Logger(),
+		done:   make(chan struct{}),
 	}
 	c.budget.init(s.budget, s.connBytes)
 	return c
@@ -136,12 +141,17 @@ func (c *conn) readPayload(buf []byte) error {
 
 // send writes a batch of replies.
 func (c *conn) send(out net.Buffers) error {
+	if c.secured {
+		// stallWriter bounds the writes under TLS.
+		_, err := out.WriteTo(c.nc)
+		return err
+	}
 	return c.transfer("replies", c.nc.SetWriteDeadline, func() (int64, error) { return out.WriteTo(c.nc) })
 }
 
 // serve runs the connection to its end.
 func (c *conn) serve() {
-	defer c.nc.Close()
+	defer func() { c.nc.Close() }()
 	c.log.Debug().Msg("nbd: connection opened")
 	ex, err := c.handshake()
 	if err != nil {

@@ -8,12 +8,12 @@
 //
 // # Protocol
 //
-// Only the fixed newstyle handshake is spoken (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES).
-// The options understood are NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST, NBD_OPT_INFO and
-// NBD_OPT_GO; every other option, including NBD_OPT_STRUCTURED_REPLY, is answered with
-// NBD_REP_ERR_UNSUP, so transmission always uses simple replies. NBD_OPT_GO and NBD_OPT_INFO report
-// the export size and flags and the block size constraints (minimum = the volume's sector size,
-// preferred 4 KiB, maximum 32 MiB).
+// Only the fixed newstyle handshake is spoken (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES). The
+// options understood are NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST, NBD_OPT_INFO, NBD_OPT_GO
+// and, on a listener with TLS, NBD_OPT_STARTTLS; every other option, including
+// NBD_OPT_STRUCTURED_REPLY, is answered with NBD_REP_ERR_UNSUP, so transmission always uses simple
+// replies. NBD_OPT_GO and NBD_OPT_INFO report the export size and flags and the block size
+// constraints (minimum = the volume's sector size, preferred 4 KiB, maximum 32 MiB).
 //
 // Transmission supports READ, WRITE (with FUA), DISC, FLUSH, TRIM and WRITE_ZEROES. A client that
 // asked for NBD_INFO_BLOCK_SIZE must align its requests to the sector size. One that did not (every
@@ -26,6 +26,16 @@
 // connection. Empty (zero-length) requests at a valid offset succeed without reaching the Volume.
 // Volume errors map to NBD_EIO, except replicate.ErrRange (NBD_EINVAL) and replicate.ErrNotPrimary
 // (NBD_ESHUTDOWN, after which the connection is closed).
+//
+// # Security
+//
+// A listener is served with a Policy (Server.ServePolicy). With a TLS configuration, TLS is
+// forced: before NBD_OPT_STARTTLS every option but NBD_OPT_ABORT gets NBD_REP_ERR_TLS_REQD and
+// NBD_OPT_EXPORT_NAME closes the connection, so exports are neither listed nor served in the
+// clear; client certificates are checked when the configuration asks for them. Only
+// certificates are offered: crypto/tls has no pre-shared-key cipher suites, so the TLS-PSK
+// credentials of qemu and nbd-client cannot be spoken. An allow-list of networks closes TCP
+// connections from anywhere else before the greeting.
 //
 // # Concurrency
 //

@@ -58,7 +58,7 @@ func FuzzServer(f *testing.F) {
 		vol := newMemVolume(64<<10, 512)
 		s := NewServer(newExports("disk1", vol), zerolog.Nop())
 		cli, srv := net.Pipe()
-		s.startConn(srv)
+		s.startConn(srv, &Policy{})
 		drained := make(chan struct{})
 		go func() {
 			io.Copy(io.Discard, cli)

@@ -268,7 +268,12 @@ type rawConn struct {
 
 func dialRaw(t testing.TB, sock string) *rawConn {
 	t.Helper()
-	nc, err := net.Dial("unix", sock)
+	return dialRawNet(t, "unix", sock)
+}
+
+func dialRawNet(t testing.TB, network, addr string) *rawConn {
+	t.Helper()
+	nc, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -367,6 +372,12 @@ func goData(name string, infos ...uint16) []byte {
 func (r *rawConn) enterGo(name string) {
 	r.t.Helper()
 	r.greet(3)
+	r.optGo(name)
+}
+
+// optGo sends NBD_OPT_GO for name, asking for block sizes, and reads the replies.
+func (r *rawConn) optGo(name string) {
+	r.t.Helper()
 	r.option(7, goData(name, 3))
 	for {
 		rep := r.optReply()

@@ -87,6 +87,11 @@ func NewServer(exp Exports, log zerolog.Logger) *Server {
 // Serve accepts connections on l until l is closed (by the caller or by Close), and returns
 // nil then. It may be called for several listeners at once (a unix socket and TCP, say).
 func (s *Server) Serve(l net.Listener) error {
+	return s.ServePolicy(l, Policy{})
+}
+
+// ServePolicy is Serve with clients admitted by p.
+func (s *Server) ServePolicy(l net.Listener, p Policy) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -119,7 +124,12 @@ func (s *Server) Serve(l net.Listener) error {
 			return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
 		}
 		backoff = 0
-		s.startConn(nc)
+		if !p.allows(nc.RemoteAddr()) {
+			s.log.Warn().Stringer("remote", nc.RemoteAddr()).Msg("nbd: connection refused: address not allowed")
+			nc.Close()
+			continue
+		}
+		s.startConn(nc, &p)
 	}
 }
 
@@ -130,8 +140,8 @@ func isTemporary(err error) bool {
 }
 
 // startConn registers nc and serves it on its own goroutine.
-func (s *Server) startConn(nc net.Conn) {
-	c := newConn(s, nc)
+func (s *Server) startConn(nc net.Conn, p *Policy) {
+	c := newConn(s, nc, p)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -236,7 +246,22 @@ func (c *conn) handshake() (*export, error) {
 		if _, err := io.ReadFull(c.br, data); err != nil {
 			return nil, fmt.Errorf("read option %s data: %w", optName(opt), err)
 		}
-		ex, err := c.option(w, opt, data, noZeroes)
+		var ex *export
+		var err error
+		switch {
+		case opt == optStartTLS:
+			var upgraded bool
+			if upgraded, err = c.startTLS(w, data); upgraded {
+				w = bufio.NewWriterSize(c.nc, 4096)
+			}
+		case c.policy.TLS != nil && !c.secured && opt == optExportName:
+			// This option has no way to report an error but closing the connection.
+			return nil, fmt.Errorf("%w: export-name before NBD_OPT_STARTTLS on a listener that requires TLS", errHandshake)
+		case c.policy.TLS != nil && !c.secured && opt != optAbort:
+			err = writeOptError(w, opt, repErrTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first")
+		default:
+			ex, err = c.option(w, opt, data, noZeroes)
+		}
 		if err == nil {
 			err = w.Flush()
 		}
