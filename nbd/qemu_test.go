@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,4 +190,48 @@ func TestQemuImg(t *testing.T) {
 		}
 	})
 	vol.requireNoViolations(t)
+}
+
+// TestQemuIOTLS: qemu's client, with tls-creds-x509, upgrades with NBD_OPT_STARTTLS, proves
+// its certificate and reads and writes; without credentials it is refused.
+func TestQemuIOTLS(t *testing.T) {
+	pki := newTestPKI(t)
+	vol := newMemVolume(4<<20, 512)
+	ts := startServer(t, newExports("disk1", vol))
+	addr := servePolicy(t, ts.Server, "tcp", Policy{TLS: pki.serverConfig(true)})
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol.fill(0x55)
+	out := runTool(t, "qemu-io",
+		"--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+pki.dir,
+		"--image-opts", fmt.Sprintf("driver=nbd,server.type=inet,server.host=%s,server.port=%s,export=disk1,tls-creds=tls0", host, port),
+		"-c", "write -P 0xab 0 1M",
+		"-c", "read -P 0xab 0 1M",
+		"-c", "read -P 0x55 1M 1M")
+	if strings.Contains(out, "fail") || strings.Contains(out, "rror") {
+		t.Fatalf("qemu-io over TLS reported a failure:\n%s", out)
+	}
+	for _, want := range []string{"wrote 1048576/1048576 bytes at offset 0", "read 1048576/1048576 bytes at offset 1048576"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("qemu-io over TLS: no %q in\n%s", want, out)
+		}
+	}
+	if got := vol.snapshot()[:1<<20]; !bytes.Equal(got, bytes.Repeat([]byte{0xab}, 1<<20)) {
+		t.Error("the volume does not hold what qemu-io wrote over TLS")
+	}
+
+	// A safety net against a hung tool, not a performance assertion.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	plain, err := exec.CommandContext(ctx, needTool(t, "qemu-io"), "-f", "raw", "-c", "read 0 4k",
+		fmt.Sprintf("nbd://%s/disk1", addr)).CombinedOutput()
+	if err == nil {
+		t.Fatalf("qemu-io without TLS read from a listener that requires TLS:\n%s", plain)
+	}
+	if !strings.Contains(string(plain), "TLS") {
+		t.Errorf("qemu-io without TLS failed, but not for want of TLS:\n%s", plain)
+	}
+	t.Logf("qemu-io without TLS: %s", plain)
 }
