@@ -205,7 +205,7 @@ func TestQemuIOTLS(t *testing.T) {
 	}
 	vol.fill(0x55)
 	out := runTool(t, "qemu-io",
-		"--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+pki.dir,
+		"--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+pki.Dir,
 		"--image-opts", fmt.Sprintf("driver=nbd,server.type=inet,server.host=%s,server.port=%s,export=disk1,tls-creds=tls0", host, port),
 		"-c", "write -P 0xab 0 1M",
 		"-c", "read -P 0xab 0 1M",

@@ -2,17 +2,10 @@ package nbd
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,104 +17,27 @@ import (
 // tErrTLSReqd is NBD_REP_ERR_TLS_REQD.
 const tErrTLSReqd = 0x80000005
 
-// testPKI is a throwaway CA with a server certificate for the loopback addresses and a client
-// certificate, also written out in the layout of qemu's tls-creds-x509 (dir).
-type testPKI struct {
-	dir        string
-	pool       *x509.CertPool
-	server     tls.Certificate
-	client     tls.Certificate
-	serverName string
-}
+// testPKI is testsupport's throwaway PKI, with the TLS configurations built from it.
+type testPKI struct{ *testsupport.PKI }
 
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	p := &testPKI{dir: t.TempDir(), pool: x509.NewCertPool(), serverName: "127.0.0.1"}
-	caKey, caCert, caDER := p.issue(t, nil, nil, &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "hast test CA"},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	})
-	p.pool.AddCert(caCert)
-	p.write(t, "ca-cert.pem", "CERTIFICATE", caDER)
-	p.server = p.leaf(t, "server", caKey, caCert, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "hast test server"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		DNSNames:    []string{"localhost"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
-	p.client = p.leaf(t, "client", caKey, caCert, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "hast test client"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	return p
-}
-
-// issue signs tmpl with parent's key (itself when parent is nil).
-func (p *testPKI) issue(t *testing.T, parentKey *ecdsa.PrivateKey, parent, tmpl *x509.Certificate) (*ecdsa.PrivateKey, *x509.Certificate, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.SerialNumber = serial
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, cert, der
-}
-
-// leaf issues a certificate and writes it and its key as NAME-cert.pem and NAME-key.pem.
-func (p *testPKI) leaf(t *testing.T, name string, caKey *ecdsa.PrivateKey, ca, tmpl *x509.Certificate) tls.Certificate {
-	t.Helper()
-	key, _, der := p.issue(t, caKey, ca, tmpl)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.write(t, name+"-cert.pem", "CERTIFICATE", der)
-	p.write(t, name+"-key.pem", "PRIVATE KEY", keyDER)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func (p *testPKI) write(t *testing.T, name, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(p.dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
+func newTestPKI(t *testing.T) testPKI { return testPKI{testsupport.NewPKI(t)} }
 
 // serverConfig is the server's TLS configuration; mutual requires a client certificate
 // issued by the CA.
-func (p *testPKI) serverConfig(mutual bool) *tls.Config {
-	cfg := &tls.Config{Certificates: []tls.Certificate{p.server}, MinVersion: tls.VersionTLS12}
+func (p testPKI) serverConfig(mutual bool) *tls.Config {
+	cfg := &tls.Config{Certificates: []tls.Certificate{p.Server}, MinVersion: tls.VersionTLS12}
 	if mutual {
-		cfg.ClientCAs = p.pool
+		cfg.ClientCAs = p.Pool
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	return cfg
 }
 
 // clientConfig trusts the CA and, with cert, presents the client certificate.
-func (p *testPKI) clientConfig(cert bool) *tls.Config {
-	cfg := &tls.Config{RootCAs: p.pool, ServerName: p.serverName}
+func (p testPKI) clientConfig(cert bool) *tls.Config {
+	cfg := &tls.Config{RootCAs: p.Pool, ServerName: "127.0.0.1"}
 	if cert {
-		cfg.Certificates = []tls.Certificate{p.client}
+		cfg.Certificates = []tls.Certificate{p.Client}
 	}
 	return cfg
 }

@@ -1,7 +1,7 @@
 // Package testsupport holds what test packages share: the race-enabled hast binary the
 // end-to-end packages' (appliance, scenario) daemons run as, a buffer the CLI and daemons write
-// to from several goroutines, and waits for what the code under test alone must bring about.
-// Only tests import it.
+// to from several goroutines, waits for what the code under test alone must bring about, and a
+// throwaway PKI for TLS. Only tests import it.
 package testsupport
 
 import (
