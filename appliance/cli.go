@@ -230,6 +230,12 @@ func (c *CLI) daemon(args []string) error {
 	cm.fs.StringVar(&opt.Pidfile, "P", "", "pidfile (overrides the configuration)")
 	cm.fs.Bool("F", true, "run in the foreground (always; accepted for compatibility)")
 	cm.fs.Var(&nbdAddrs, "nbd", "export primary volumes over NBD on this address (unix:///path or tcp://127.0.0.1:10809); repeatable")
+	var nbdAllow multiFlag
+	cm.fs.StringVar(&opt.NBDSec.TLSCert, "nbd-tls-cert", "", "require TLS (NBD_OPT_STARTTLS) on NBD over TCP, with this server certificate (PEM)")
+	cm.fs.StringVar(&opt.NBDSec.TLSKey, "nbd-tls-key", "", "the private key (PEM) of --nbd-tls-cert")
+	cm.fs.StringVar(&opt.NBDSec.TLSCA, "nbd-tls-ca", "", "require NBD clients over TCP to present a certificate issued by this CA (PEM)")
+	cm.fs.Var(&nbdAllow, "nbd-allow", "accept NBD clients over TCP only from these networks (CIDR or address, comma-separated); repeatable")
+	cm.fs.BoolVar(&opt.NBDSec.Insecure, "nbd-insecure", false, "serve NBD on a non-loopback TCP address with neither TLS nor --nbd-allow")
 	cm.fs.StringVar(&opt.FUSE, "fuse", "", "mount the FUSE file view of primary volumes on this directory")
 	cm.fs.StringVar(&opt.LocalIO, "local-io", "pwrite", "drive local components with pwrite (page cache) or uring (io_uring, O_DIRECT where aligned)")
 	cm.fs.StringVar(&opt.Metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9457)")
@@ -245,6 +251,7 @@ func (c *CLI) daemon(args []string) error {
 		return exitErr(exUsage, fmt.Errorf("unexpected arguments %q", cm.fs.Args()))
 	}
 	opt.ConfigPath, opt.Node, opt.NBD = cm.config, cm.node, nbdAddrs
+	opt.NBDSec.Allow = nbdAllow
 	log, err := newLogger(c.Stderr, *logFormat, cm.debug)
 	if err != nil {
 		return exitErr(exUsage, err)

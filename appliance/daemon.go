@@ -47,6 +47,8 @@ type Options struct {
 	Reconnect  time.Duration
 	SyncRate   int64
 	Dial       replicate.Dialer
+
+	NBDSec NBDSecurity // how the NBD listeners on TCP admit clients
 }
 
 // Daemon is a running hastd.
@@ -78,6 +80,10 @@ type Daemon struct {
 // listen addresses. Errors carry the sysexits code HAST uses (see ExitCode).
 func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 	if err := checkFrontendPaths(opt.FUSE, opt.NBD); err != nil {
+		return nil, exitErr(exUsage, err)
+	}
+	nbdTCP, err := nbdPolicy(opt.NBDSec, opt.NBD)
+	if err != nil {
 		return nil, exitErr(exUsage, err)
 	}
 	cfg, err := config.Load(opt.ConfigPath, config.Options{Node: opt.Node})
@@ -147,10 +153,14 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 				d.Close()
 				return nil, exitErr(exOSErr, fmt.Errorf("nbd listen on %s: %w", a, err))
 			}
+			var p nbd.Policy
+			if l.Addr().Network() != "unix" {
+				p = nbdTCP
+			}
 			d.wg.Add(1)
 			go func() {
 				defer d.wg.Done()
-				if err := d.nbdSrv.Serve(l); err != nil {
+				if err := d.nbdSrv.ServePolicy(l, p); err != nil {
 					log.Error().Err(err).Msg("nbd server stopped")
 				}
 			}()
