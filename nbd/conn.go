@@ -22,9 +22,11 @@ type conn struct {
 	policy *Policy
 	nc     net.Conn // the socket, or the TLS connection over it once secured
 	br     *bufio.Reader
-	// secured: the client upgraded with NBD_OPT_STARTTLS. Set by the reader before the writer
-	// starts.
+	// secured: the client upgraded with NBD_OPT_STARTTLS; tlsw then gathers replies into full
+	// TLS records, each Write being a record and a system call of its own. Set by the reader
+	// before the writer starts.
 	secured bool
+	tlsw    *bufio.Writer
 	log     zerolog.Logger
 	done    chan struct{} // closed when the connection is fully gone
 
@@ -143,8 +145,12 @@ func (c *conn) readPayload(buf []byte) error {
 func (c *conn) send(out net.Buffers) error {
 	if c.secured {
 		// stallWriter bounds the writes under TLS.
-		_, err := out.WriteTo(c.nc)
-		return err
+		for _, b := range out {
+			if _, err := c.tlsw.Write(b); err != nil {
+				return err
+			}
+		}
+		return c.tlsw.Flush()
 	}
 	return c.transfer("replies", c.nc.SetWriteDeadline, func() (int64, error) { return out.WriteTo(c.nc) })
 }

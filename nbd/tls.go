@@ -73,6 +73,7 @@ func (c *conn) startTLS(w *bufio.Writer, data []byte) (upgraded bool, err error)
 	c.nc = tc
 	c.mu.Unlock()
 	c.br = bufio.NewReaderSize(tc, 64<<10)
+	c.tlsw = bufio.NewWriterSize(tc, 64<<10)
 	c.secured = true
 	st := tc.ConnectionState()
 	ev := c.log.Debug().Uint16("tls_version", st.Version)
