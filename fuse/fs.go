@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hast/internal/fusectl"
 	"log"
 	"os"
 	"path/filepath"
@@ -43,7 +44,6 @@ const (
 	// spare page), so that a MaxWrite-sized read can be spliced.
 	spliceSlack  = 64 << 10
 	pipeMaxSize  = "/proc/sys/fs/pipe-max-size"
-	fusectlDir   = "/sys/fs/fuse/connections"
 	maxNameBytes = 255
 	// releaseGrace is how long a non-forced Remove waits for open handles to go away. The
 	// kernel sends RELEASE asynchronously after the last close, so a file closed just before
@@ -142,9 +142,8 @@ func Mount(dir string, opt Options, log zerolog.Logger) (*FS, error) {
 		return nil, fmt.Errorf("fuse: mount %s: %w", abs, err)
 	}
 	f.server = server
-	var st unix.Stat_t
-	if err := unix.Stat(abs, &st); err == nil {
-		f.connID = unix.Minor(st.Dev)
+	if id, err := fusectl.ID(abs); err == nil {
+		f.connID = id
 	}
 	log.Info().Str("dir", abs).Int("max_write", opt.MaxWrite).Msg("fuse: mounted")
 	return f, nil
@@ -320,35 +319,11 @@ func (f *FS) finishUnmount() {
 // abortConnection ends the FUSE connection: requests in flight and later ones fail with
 // ECONNABORTED/ENOTCONN and the server loops exit.
 func (f *FS) abortConnection() bool {
-	if err := abortFUSEConnection(f.connID); err != nil {
+	if err := fusectl.Abort(f.connID); err != nil {
 		f.log.Warn().Err(err).Msg("fuse: cannot abort the connection")
 		return false
 	}
 	return true
-}
-
-// abortFUSEConnection writes to the connection's abort file in fusectl, mounting fusectl for
-// the duration if nobody has (systemd normally does; minimal systems may not). A connection
-// that has ended already counts as aborted.
-func abortFUSEConnection(id uint32) error {
-	if id == 0 {
-		return errors.New("fuse: connection number unknown")
-	}
-	if entries, err := os.ReadDir(fusectlDir); err == nil && len(entries) == 0 {
-		if err := unix.Mount("fusectl", fusectlDir, "fusectl", 0, ""); err != nil {
-			return fmt.Errorf("mount fusectl on %s: %w", fusectlDir, err)
-		}
-		// Best effort: it only restores the state found.
-		defer func() { _ = unix.Unmount(fusectlDir, 0) }()
-	}
-	conn := filepath.Join(fusectlDir, strconv.FormatUint(uint64(id), 10))
-	if _, err := os.Stat(conn); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err := os.WriteFile(filepath.Join(conn, "abort"), []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("abort FUSE connection %d: %w", id, err)
-	}
-	return nil
 }
 
 func validName(name string) error {

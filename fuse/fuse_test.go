@@ -3,6 +3,7 @@ package fuse
 import (
 	"bytes"
 	"errors"
+	"hast/internal/fusectl"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -652,7 +653,7 @@ func TestMountReplacesDeadMount(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
-	if err := abortFUSEConnection(dead.connID); err != nil {
+	if err := fusectl.Abort(dead.connID); err != nil {
 		t.Fatalf("abort: %v", err)
 	}
 	dead.server.Wait()

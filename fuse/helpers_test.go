@@ -3,6 +3,7 @@ package fuse
 import (
 	"flag"
 	"fmt"
+	"hast/internal/fusectl"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -202,7 +203,7 @@ func abortLiveMounts() {
 	liveMounts.Range(func(k, _ any) bool {
 		f := k.(*FS)
 		fmt.Fprintf(os.Stderr, "watchdog: test about to time out, aborting the FUSE connection of %s\n", f.dir)
-		if err := abortFUSEConnection(f.connID); err != nil {
+		if err := fusectl.Abort(f.connID); err != nil {
 			fmt.Fprintf(os.Stderr, "watchdog: %v\n", err)
 		}
 		return true
