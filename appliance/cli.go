@@ -40,6 +40,7 @@ const usage = `usage: hast <verb> [options] ...
   hast verify  [-c config] [--node NAME] [--rate SIZE] [--no-wait] name   (online verify, repairs from the primary)
   hast split-brain [-c config] [--node NAME] [-o json] name   (what diverged when both nodes were primary)
   hast resolve [-c config] [--node NAME] --keep local|remote name   (saves the losing side, resyncs only what diverged)
+  hast failover notify MASTER|BACKUP|FAULT|STOP | check   (keepalived's notify script and track_script; hast failover -h)
   hast bench   [--quick] [-o json] [--png FILE] [--fio] ...   (benchmarks with same-run baselines; hast bench -h)
   hast bench --daemon-rss [--resources N] [--mode M] [--depth N] [--size SIZE] [--runtime D]   (two real daemons' memory under load)
   hast demo    [--keep] [--size BYTES]
@@ -83,6 +84,8 @@ func (c *CLI) Main(args []string) int {
 		err = c.splitBrain(rest)
 	case "resolve":
 		err = c.resolve(rest)
+	case "failover":
+		err = c.failover(rest)
 	case "help", "-h", "--help":
 		fmt.Fprint(c.Stdout, usage)
 		return exOK
