@@ -8,9 +8,13 @@ import (
 	"path/filepath"
 
 	"hast/appliance"
+	"hast/image"
 )
 
 func main() {
+	if image.IsInit() { // PID 1 of a guest booted from an image initramfs
+		image.Init()
+	}
 	cli := &appliance.CLI{Stdout: os.Stdout, Stderr: os.Stderr}
 	args := os.Args[1:]
 	switch filepath.Base(os.Args[0]) {
