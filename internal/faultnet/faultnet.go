@@ -35,6 +35,7 @@ type Net struct {
 	closed  bool
 	tables  bool // the nftables table exists in both namespaces
 	proxies []*Proxy
+	segment *Segment
 }
 
 // CutMode says how Cut breaks the link.
@@ -210,14 +211,14 @@ func (n *Net) nft(i int, script string, args ...string) ([]byte, error) {
 }
 
 func (n *Net) removeNamespaces() {
-	for _, ns := range n.NS {
+	for _, ns := range append(n.NS[:], name(n.N, 2)) {
 		if _, err := os.Stat(filepath.Join(netnsDir, ns)); err == nil {
 			exec.Command(n.ipCmd, "netns", "del", ns).Run()
 		}
 	}
 }
 
-// Close stops the proxies, deletes both namespaces (the veth pair and the nftables tables go
+// Close stops the proxies, deletes both namespaces (and the segment's, if any) (the veth pair and the nftables tables go
 // with them) and releases the subnet. It is safe to call more than once.
 func (n *Net) Close() error {
 	n.mu.Lock()
@@ -232,7 +233,7 @@ func (n *Net) Close() error {
 	for _, p := range proxies {
 		p.Close()
 	}
-	var first error
+	first := n.removeSegment()
 	for _, ns := range n.NS {
 		if _, err := os.Stat(filepath.Join(netnsDir, ns)); err != nil {
 			continue
