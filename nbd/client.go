@@ -488,6 +488,14 @@ func (c *Client) sendLocked() {
 	c.cond.Broadcast()
 }
 
+// Abort closes the connection without waiting for the requests in flight, which fail. It is
+// for a client that gives up on a server that stopped answering (Close would wait for it), as a
+// client following a service address to another node does. Close may still be called.
+func (c *Client) Abort() {
+	c.nc.Close()
+	<-c.readerDone
+}
+
 // failLocked makes the client unusable and fails every request waiting for a reply. The
 // caller must make sure no goroutine is sending (their payloads belong to the waiters).
 func (c *Client) failLocked(err error) {

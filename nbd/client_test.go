@@ -431,3 +431,35 @@ func TestServerClose(t *testing.T) {
 		t.Errorf("Serve after Close left its listener open")
 	}
 }
+
+// TestClientAbort: a request the server never answers fails at once on Abort, and Close after
+// Abort returns.
+func TestClientAbort(t *testing.T) {
+	vol := newMemVolume(1<<20, 512)
+	ts := startServer(t, newExports("disk1", vol))
+	c := dialTest(t, "unix", ts.sock, "disk1")
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	defer close(release)
+	var once sync.Once
+	vol.setOnRead(func(int64, int) {
+		once.Do(func() { close(entered) })
+		<-release
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ReadAt(make([]byte, 512), 0)
+		done <- err
+	}()
+	<-entered
+	c.Abort()
+	if err := <-done; err == nil {
+		t.Fatal("read in flight during Abort succeeded")
+	}
+	if _, err := c.ReadAt(make([]byte, 512), 0); err == nil {
+		t.Fatal("read after Abort succeeded")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close after Abort: %v", err)
+	}
+}
