@@ -58,12 +58,21 @@ func CacheDir() (string, error) {
 	return filepath.Join(d, "hast"), nil
 }
 
-var depRe = regexp.MustCompile(`(?m)^\s*Depends:\s*(linux-image-\S+)`)
-
 // ResolveKernel asks apt which kernel package meta currently depends on and returns the name of
 // its unsigned variant (the same image without the Secure Boot signature, which qemu does not
-// need). It runs apt-get update once if apt does not know meta yet.
+// need).
 func ResolveKernel(ctx context.Context, meta string) (string, error) {
+	pkg, err := Resolve(ctx, meta, "linux-image-")
+	if err != nil {
+		return "", err
+	}
+	return pkg + "-unsigned", nil
+}
+
+// Resolve asks apt which package starting with prefix the meta package depends on. It runs
+// apt-get update once if apt does not know meta yet.
+func Resolve(ctx context.Context, meta, prefix string) (string, error) {
+	depRe := regexp.MustCompile(`(?m)^\s*Depends:\s*(` + regexp.QuoteMeta(prefix) + `\S+)`)
 	out, err := exec.CommandContext(ctx, "apt-cache", "depends", meta).CombinedOutput()
 	if err != nil || !depRe.Match(out) {
 		if upd, uerr := exec.CommandContext(ctx, "apt-get", "update", "-qq").CombinedOutput(); uerr != nil {
@@ -76,56 +85,62 @@ func ResolveKernel(ctx context.Context, meta string) (string, error) {
 	}
 	m := depRe.FindSubmatch(out)
 	if m == nil {
-		return "", fmt.Errorf("image: apt-cache depends %s names no linux-image package:\n%s", meta, out)
+		return "", fmt.Errorf("image: apt-cache depends %s names no %s* package:\n%s", meta, prefix, out)
 	}
-	return string(m[1]) + "-unsigned", nil
+	return string(m[1]), nil
 }
 
-// FetchKernel resolves meta, downloads that kernel package with apt-get download into the cache
-// directory and unpacks it with dpkg -x, once: later calls (from any process; a lock file orders
-// them) find it there. The package is never installed.
+// FetchKernel resolves meta and fetches that kernel package with [FetchDeb].
 func FetchKernel(ctx context.Context, cacheDir, meta string) (*Kernel, error) {
 	pkg, err := ResolveKernel(ctx, meta)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return nil, err
-	}
-	unlock, err := lockFile(filepath.Join(cacheDir, "kernel.lock"))
+	root, err := FetchDeb(ctx, cacheDir, pkg)
 	if err != nil {
 		return nil, err
 	}
+	return openKernel(pkg, root)
+}
+
+// FetchDeb downloads the Debian package pkg with apt-get download into cacheDir and unpacks it
+// with dpkg -x into cacheDir/pkg, once: later calls (from any process; a lock file orders them)
+// find it there. The package is never installed. It returns the unpacked tree.
+func FetchDeb(ctx context.Context, cacheDir, pkg string) (string, error) {
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", err
+	}
+	unlock, err := lockFile(filepath.Join(cacheDir, "fetch.lock"))
+	if err != nil {
+		return "", err
+	}
 	defer unlock()
 	root := filepath.Join(cacheDir, pkg)
-	if k, err := openKernel(pkg, root); err == nil {
-		return k, nil
+	if _, err := os.Stat(root); err == nil {
+		return root, nil
 	}
-	dl := filepath.Join(cacheDir, "download")
-	os.RemoveAll(dl)
-	if err := os.MkdirAll(dl, 0o755); err != nil {
-		return nil, err
+	dl, err := os.MkdirTemp(cacheDir, "download-")
+	if err != nil {
+		return "", err
 	}
 	defer os.RemoveAll(dl)
 	cmd := exec.CommandContext(ctx, "apt-get", "download", "-qq", pkg)
 	cmd.Dir = dl
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("image: apt-get download %s: %v: %s", pkg, err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("image: apt-get download %s: %v: %s", pkg, err, bytes.TrimSpace(out))
 	}
 	debs, _ := filepath.Glob(filepath.Join(dl, "*.deb"))
 	if len(debs) != 1 {
-		return nil, fmt.Errorf("image: apt-get download %s left %d .deb files", pkg, len(debs))
+		return "", fmt.Errorf("image: apt-get download %s left %d .deb files", pkg, len(debs))
 	}
-	tmp := root + ".tmp"
-	os.RemoveAll(tmp)
+	tmp := filepath.Join(dl, "tree")
 	if out, err := exec.CommandContext(ctx, "dpkg", "-x", debs[0], tmp).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("image: dpkg -x %s: %v: %s", debs[0], err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("image: dpkg -x %s: %v: %s", debs[0], err, bytes.TrimSpace(out))
 	}
-	os.RemoveAll(root)
 	if err := os.Rename(tmp, root); err != nil {
-		return nil, err
+		return "", err
 	}
-	return openKernel(pkg, root)
+	return root, nil
 }
 
 func openKernel(pkg, root string) (*Kernel, error) {

@@ -1,0 +1,260 @@
+package ublk
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"hast/image/imagetest"
+	"hast/replicate"
+)
+
+// The tests in this file run inside a qemu guest with Debian's 6.12 kernel and ublk_drv (the
+// build host's kernel has no ublk); imagetest.Boot starts the guest from the host.
+
+var guestOpts = imagetest.Options{Modules: []string{imagetest.ModUblk}, Programs: []string{"mkfs.ext4", "fsck.ext4"}}
+
+// alignedBuf returns n bytes of page-aligned memory for O_DIRECT.
+func alignedBuf(t *testing.T, n int) []byte {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(b) })
+	return b
+}
+
+func createDevice(t *testing.T, vol replicate.Volume, opt Options) *Device {
+	t.Helper()
+	start := time.Now()
+	d, err := Create(vol, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s up in %v (user copy %v)", d.BlockPath(), time.Since(start).Round(time.Millisecond), d.UserCopy())
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func ioctlRange(t *testing.T, f *os.File, req uint, off, n uint64) error {
+	r := [2]uint64{off, n}
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), uintptr(req), uintptr(unsafe.Pointer(&r)))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// TestGuestDataPath: reads, writes, FUA, flush, discard and write-zeroes reach the volume with
+// the right bytes, in the per-tag buffer mode and in USER_COPY mode.
+func TestGuestDataPath(t *testing.T) {
+	if imagetest.Boot(t, guestOpts) {
+		return
+	}
+	feat, err := Features()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("driver features %#x", feat)
+	for _, mode := range []struct {
+		name   string
+		noCopy bool
+	}{{"tag-buffers", true}, {"user-copy", false}} {
+		t.Run(mode.name, func(t *testing.T) {
+			if !mode.noCopy && feat&FeatureUserCopy == 0 {
+				t.Fatal("the driver does not offer UBLK_F_USER_COPY")
+			}
+			vol := newRAMVolume(64<<20, 512)
+			d := createDevice(t, vol, Options{NoUserCopy: mode.noCopy, Depth: 32})
+			if d.UserCopy() == mode.noCopy {
+				t.Fatalf("user copy %v, want %v", d.UserCopy(), !mode.noCopy)
+			}
+			info, err := d.Info()
+			if err != nil || info.State != stateLive || info.ServerPID != int32(os.Getpid()) {
+				t.Fatalf("GET_DEV_INFO: %+v, %v", info, err)
+			}
+			f, err := os.OpenFile(d.BlockPath(), os.O_RDWR|unix.O_DIRECT, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var size uint64
+			if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); e != 0 || size != 64<<20 {
+				t.Fatalf("BLKGETSIZE64 = %d, %v", size, e)
+			}
+			// 1 MiB at an odd 4 KiB offset: the block layer splits it into MaxIO requests.
+			buf := alignedBuf(t, 1<<20)
+			rand.Read(buf)
+			const off = 5<<20 + 4096
+			if n, err := f.WriteAt(buf, off); err != nil || n != len(buf) {
+				t.Fatalf("write: %d, %v", n, err)
+			}
+			if !bytes.Equal(vol.snapshot(off, len(buf)), buf) {
+				t.Fatal("the volume does not hold what was written")
+			}
+			back := alignedBuf(t, 1<<20)
+			if n, err := f.ReadAt(back, off); err != nil || n != len(back) || !bytes.Equal(back, buf) {
+				t.Fatalf("read back: %d, %v, equal %v", n, err, bytes.Equal(back, buf))
+			}
+			flushes := vol.flushes.Load()
+			if err := f.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			if vol.flushes.Load() == flushes {
+				t.Fatal("fsync sent no FLUSH to the volume")
+			}
+			g, err := os.OpenFile(d.BlockPath(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flushes = vol.flushes.Load()
+			if _, err := g.WriteAt(buf[:4096], 0); err != nil {
+				t.Fatal(err)
+			}
+			g.Close()
+			if vol.flushes.Load() == flushes {
+				t.Fatal("an O_DSYNC write (FUA) was not flushed")
+			}
+			if err := ioctlRange(t, f, unix.BLKDISCARD, off, 64<<10); err != nil {
+				t.Fatalf("BLKDISCARD: %v", err)
+			}
+			if vol.discards.Load() == 0 || !bytes.Equal(vol.snapshot(off, 64<<10), make([]byte, 64<<10)) {
+				t.Fatal("discard did not reach the volume")
+			}
+			if err := ioctlRange(t, f, unix.BLKZEROOUT, off+1<<19, 128<<10); err != nil {
+				t.Fatalf("BLKZEROOUT: %v", err)
+			}
+			if !bytes.Equal(vol.snapshot(off+1<<19, 128<<10), make([]byte, 128<<10)) ||
+				!bytes.Equal(vol.snapshot(off+1<<19+128<<10, 4096), buf[1<<19+128<<10:][:4096]) {
+				t.Fatal("write-zeroes zeroed the wrong range")
+			}
+			f.Close()
+			if err := d.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			for _, p := range []string{d.BlockPath(), d.CharPath()} {
+				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("%s still there after Close: %v", p, err)
+				}
+			}
+		})
+	}
+}
+
+// TestGuestErrors: volume errors reach readers and writers as the errno the issue names, and a
+// device closed under an open file fails its I/O at once instead of hanging.
+func TestGuestErrors(t *testing.T) {
+	if imagetest.Boot(t, guestOpts) {
+		return
+	}
+	vol := newRAMVolume(16<<20, 4096)
+	d := createDevice(t, vol, Options{})
+	f, err := os.OpenFile(d.BlockPath(), os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := alignedBuf(t, 8192)
+	for _, c := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{syscall.ENOSPC, syscall.ENOSPC},
+		{fmt.Errorf("local: %w", syscall.EIO), syscall.EIO},
+		{replicate.ErrNotPrimary, syscall.EIO},
+		{syscall.EOPNOTSUPP, syscall.EOPNOTSUPP},
+	} {
+		vol.setFail(c.err)
+		_, werr := f.WriteAt(buf, 8192)
+		if !errors.Is(werr, c.want) {
+			t.Errorf("volume error %v: write got %v, want %v", c.err, werr, c.want)
+		}
+	}
+	vol.setFail(nil)
+	if _, err := f.WriteAt(buf, 8192); err != nil {
+		t.Fatalf("after the fault: %v", err)
+	}
+	// A 4 KiB-sector volume gives a 4 KiB logical block size.
+	var lbs int32
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKSSZGET, uintptr(unsafe.Pointer(&lbs))); e != 0 || lbs != 4096 {
+		t.Fatalf("BLKSSZGET = %d, %v", lbs, e)
+	}
+	goroutines := runtime.NumGoroutine()
+	done := make(chan error, 1)
+	go func() { done <- d.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("close with the device open: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close hung with the block device open")
+	}
+	if _, err := f.ReadAt(buf, 0); err == nil {
+		t.Fatal("read on a deleted device succeeded")
+	}
+	if n := runtime.NumGoroutine(); n > goroutines {
+		t.Fatalf("%d goroutines after Close, %d before", n, goroutines)
+	}
+}
+
+// TestGuestExt4: mkfs.ext4, mount, files with checksums, unmount, fsck -f clean, mount again
+// and verify.
+func TestGuestExt4(t *testing.T) {
+	if imagetest.Boot(t, guestOpts) {
+		return
+	}
+	vol := newRAMVolume(128<<20, 512)
+	d := createDevice(t, vol, Options{})
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	run("mkfs.ext4", "-q", "-F", d.BlockPath())
+	mnt := t.TempDir()
+	sums := map[string][32]byte{}
+	if err := unix.Mount(d.BlockPath(), mnt, "ext4", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		b := make([]byte, 1<<10<<(i%10))
+		rand.Read(b)
+		name := filepath.Join(mnt, fmt.Sprintf("f%02d", i))
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sums[name] = sha256.Sum256(b)
+	}
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	run("fsck.ext4", "-f", "-n", d.BlockPath())
+	if err := unix.Mount(d.BlockPath(), mnt, "ext4", unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	for name, sum := range sums {
+		b, err := os.ReadFile(name)
+		if err != nil || sha256.Sum256(b) != sum {
+			t.Fatalf("%s: %v, checksum ok %v", name, err, sha256.Sum256(b) == sum)
+		}
+	}
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("ext4: %d files verified; volume saw %d writes, %d flushes, %d discards",
+		len(sums), vol.writes.Load(), vol.flushes.Load(), vol.discards.Load())
+}
