@@ -240,6 +240,7 @@ func (c *CLI) daemon(args []string) error {
 	cm.fs.Var(&nbdAllow, "nbd-allow", "accept NBD clients over TCP only from these networks (CIDR or address, comma-separated); repeatable")
 	cm.fs.BoolVar(&opt.NBDSec.Insecure, "nbd-insecure", false, "serve NBD on a non-loopback TCP address with neither TLS nor --nbd-allow")
 	cm.fs.StringVar(&opt.FUSE, "fuse", "", "mount the FUSE file view of primary volumes on this directory")
+	cm.fs.StringVar(&opt.UBLK, "ublk", "auto", "serve primary volumes as block devices /dev/hast/<resource> through ublk: on, off, or auto (where the kernel has ublk_drv)")
 	cm.fs.StringVar(&opt.LocalIO, "local-io", "pwrite", "drive local components with pwrite (page cache) or uring (io_uring, O_DIRECT where aligned)")
 	cm.fs.StringVar(&opt.Metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9457)")
 	cm.fs.StringVar(&opt.StateDir, "state-dir", "/var/lib/hast", "where split-brain reports and discarded data are kept")
@@ -674,6 +675,9 @@ func printList(w io.Writer, res []statusEntry) {
 		fmt.Fprintf(w, "  role: %s\n", r.Role)
 		fmt.Fprintf(w, "  provname: %s\n", r.Provname)
 		fmt.Fprintf(w, "  localpath: %s\n", r.LocalPath)
+		if r.Device != "" {
+			fmt.Fprintf(w, "  device: %s (%s)\n", r.Device, r.UblkDevice)
+		}
 		fmt.Fprintf(w, "  extentsize: %d (%sB)\n", r.ExtentSize, humanize(uint64(r.ExtentSize)))
 		fmt.Fprintf(w, "  keepdirty: %d\n", r.KeepDirty)
 		fmt.Fprintf(w, "  remoteaddr: %s\n", r.RemoteAddr)

@@ -40,6 +40,7 @@ type Options struct {
 	Pidfile    string // -P: overrides the config's pidfile
 	NBD        []string
 	FUSE       string // mount directory for the FUSE file view, "" = off
+	UBLK       string // --ublk: on, off or auto (default): /dev/hast/<name> block devices
 	StateDir   string // split-brain reports and saved data (default /var/lib/hast)
 	Metrics    string // listen address of the Prometheus endpoint, "" = off
 	LocalIO    string // "pwrite" (default) or "uring": how the local component is driven
@@ -66,6 +67,7 @@ type Daemon struct {
 	exports map[string]replicate.Volume
 	nbdSrv  *nbd.Server
 	fuseFS  *fuse.FS
+	ublk    *ublkFrontend // nil without ublk
 
 	acceptor   *replicate.Acceptor
 	listeners  []net.Listener
@@ -171,6 +173,10 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 			d.Close()
 			return nil, exitErr(exOSErr, fmt.Errorf("metrics listen on %s: %w", opt.Metrics, err))
 		}
+	}
+	if d.ublk, err = newUblkFrontend(opt.UBLK, log.With().Str("frontend", "ublk").Logger()); err != nil {
+		d.Close()
+		return nil, err
 	}
 	if opt.FUSE != "" {
 		fs, err := fuse.Mount(opt.FUSE, fuse.Options{}, log.With().Str("frontend", "fuse").Logger())
@@ -492,10 +498,20 @@ func (d *Daemon) export(name string, v replicate.Volume) {
 			d.log.Error().Err(err).Str("resource", name).Msg("unable to add FUSE file")
 		}
 	}
+	if d.ublk != nil {
+		if err := d.ublk.add(name, v); err != nil {
+			d.log.Error().Err(err).Str("resource", name).Msg("unable to add ublk device")
+		}
+	}
 }
 
 // unexport withdraws a volume from the frontends; an open FUSE file refuses unless forced.
 func (d *Daemon) unexport(name string, force bool) error {
+	if d.ublk != nil && !force {
+		if err := d.ublk.busy(name); err != nil {
+			return fmt.Errorf("%w: %v (unmount or close it, or use --force to demote anyway)", ErrBusy, err)
+		}
+	}
 	if d.fuseFS != nil {
 		if err := d.fuseFS.Remove(name, force); err != nil {
 			if errors.Is(err, fuse.ErrBusy) {
@@ -503,6 +519,9 @@ func (d *Daemon) unexport(name string, force bool) error {
 			}
 			d.log.Warn().Err(err).Str("resource", name).Msg("remove FUSE file")
 		}
+	}
+	if d.ublk != nil {
+		d.ublk.remove(name)
 	}
 	d.exMu.Lock()
 	delete(d.exports, name)
@@ -570,7 +589,9 @@ func (d *Daemon) api() http.Handler {
 				rep.Resources = append(rep.Resources, statusEntry{ResourceStatus: ResourceStatus{Name: names[i]}, Error: "no such resource", Code: ehastNoEntry})
 				continue
 			}
-			rep.Resources = append(rep.Resources, statusEntry{ResourceStatus: r.status()})
+			e := statusEntry{ResourceStatus: r.status()}
+			e.Device, e.UblkDevice = d.ublk.paths(names[i])
+			rep.Resources = append(rep.Resources, e)
 		}
 		writeJSON(w, rep)
 	})

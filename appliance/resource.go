@@ -453,6 +453,8 @@ type ResourceStatus struct {
 	SyncDone    int64  `json:"sync_done,omitempty"`
 	DataSize    int64  `json:"datasize,omitempty"`
 	LastError   string `json:"last_error,omitempty"`
+	Device      string `json:"device,omitempty"`      // /dev/hast/<name> on a primary served by ublk
+	UblkDevice  string `json:"ublk_device,omitempty"` // the /dev/ublkbN it links to
 
 	Verify       *replicate.VerifyStatus `json:"verify,omitempty"`
 	LastSaved    string                  `json:"discarded_saved_to,omitempty"`

@@ -3,12 +3,9 @@ package ublk
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"syscall"
 	"testing"
@@ -18,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hast/image/imagetest"
+	"hast/internal/testsupport"
 	"hast/replicate"
 )
 
@@ -218,43 +216,14 @@ func TestGuestExt4(t *testing.T) {
 	}
 	vol := newRAMVolume(128<<20, 512)
 	d := createDevice(t, vol, Options{})
-	run := func(name string, args ...string) {
-		t.Helper()
-		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
-		}
-	}
-	run("mkfs.ext4", "-q", "-F", d.BlockPath())
 	mnt := t.TempDir()
-	sums := map[string][32]byte{}
-	if err := unix.Mount(d.BlockPath(), mnt, "ext4", 0, ""); err != nil {
+	files, err := testsupport.MakeExt4(d.BlockPath(), mnt, 20)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 20 {
-		b := make([]byte, 1<<10<<(i%10))
-		rand.Read(b)
-		name := filepath.Join(mnt, fmt.Sprintf("f%02d", i))
-		if err := os.WriteFile(name, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sums[name] = sha256.Sum256(b)
-	}
-	if err := unix.Unmount(mnt, 0); err != nil {
-		t.Fatal(err)
-	}
-	run("fsck.ext4", "-f", "-n", d.BlockPath())
-	if err := unix.Mount(d.BlockPath(), mnt, "ext4", unix.MS_RDONLY, ""); err != nil {
-		t.Fatal(err)
-	}
-	for name, sum := range sums {
-		b, err := os.ReadFile(name)
-		if err != nil || sha256.Sum256(b) != sum {
-			t.Fatalf("%s: %v, checksum ok %v", name, err, sha256.Sum256(b) == sum)
-		}
-	}
-	if err := unix.Unmount(mnt, 0); err != nil {
+	if err := files.CheckExt4(d.BlockPath(), mnt); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("ext4: %d files verified; volume saw %d writes, %d flushes, %d discards",
-		len(sums), vol.writes.Load(), vol.flushes.Load(), vol.discards.Load())
+		len(files), vol.writes.Load(), vol.flushes.Load(), vol.discards.Load())
 }

@@ -1,0 +1,137 @@
+package appliance
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"hast/image/imagetest"
+	"hast/internal/testsupport"
+)
+
+// TestGuestUblkDevices runs inside a qemu guest with ublk_drv (the build host has none): two
+// daemons on loopback replicate disk1..3; the primary serves each as /dev/hast/diskN; ext4 on
+// disk1 survives fsck; raw writes to disk2 reach the secondary's component byte for byte;
+// demoting a mounted device is refused and after unmounting it succeeds and the device goes.
+func TestGuestUblkDevices(t *testing.T) {
+	if imagetest.Boot(t, imagetest.Options{Modules: []string{imagetest.ModUblk},
+		Programs: []string{"mkfs.ext4", "fsck.ext4"}, MemoryMB: 768, Timeout: 150 * time.Second}) {
+		return
+	}
+	c, out := newTestCluster(t, ClusterOptions{Resources: 3, DiskSize: 24 << 20})
+	if err := c.Pair(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	prim, sec := c.Nodes[0], c.Nodes[1]
+	if err := c.WaitComplete(prim, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st, err := mustClient(t, c, prim).Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range st {
+		if r.Device != "/dev/hast/"+r.Name || !strings.HasPrefix(r.UblkDevice, "/dev/ublkb") {
+			t.Fatalf("%s: device %q -> %q", r.Name, r.Device, r.UblkDevice)
+		}
+		if target, err := os.Readlink(r.Device); err != nil || target != r.UblkDevice {
+			t.Fatalf("%s -> %q, %v", r.Device, target, err)
+		}
+	}
+	if secSt, err := mustClient(t, c, sec).Status(); err != nil || secSt[0].Device != "" {
+		t.Fatalf("the secondary shows a device: %+v, %v", secSt, err)
+	}
+	mark := len(out.String())
+	if code := c.CLI(prim, "list", "disk1"); code != 0 || !strings.Contains(out.String()[mark:], "  device: /dev/hast/disk1 (/dev/ublkb") {
+		t.Fatalf("hast list: %d\n%s", code, out.String()[mark:])
+	}
+
+	// ext4 on disk1, checksummed files.
+	mnt := t.TempDir()
+	files, err := testsupport.MakeExt4("/dev/hast/disk1", mnt, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Sync()
+
+	// Raw O_DIRECT writes on disk2.
+	f, err := os.OpenFile("/dev/hast/disk2", os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, _ := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	rand.Read(buf)
+	if _, err := f.WriteAt(buf, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	// Demotion of the mounted disk1 is refused and changes nothing.
+	mark = len(out.String())
+	if code := c.CLI(prim, "role", "secondary", "disk1"); code == 0 {
+		t.Fatalf("demoting a mounted device succeeded:\n%s", out.String()[mark:])
+	}
+	refusal := out.String()[mark:]
+	if !strings.Contains(refusal, "in use") || !strings.Contains(refusal, "--force") {
+		t.Fatalf("refusal does not say why:\n%s", refusal)
+	}
+	t.Logf("refused: %s", strings.TrimSpace(refusal))
+	if err := files.CheckExt4("/dev/hast/disk1", mnt); err != nil {
+		t.Fatal(err)
+	}
+
+	// The secondary's components hold the primary's data area byte for byte.
+	if err := c.WaitComplete(prim, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range st[:2] {
+		primary, err := os.ReadFile(r.Device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		comp, err := os.Open(filepath.Join(sec.Dir, r.Name+".img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := comp.Stat()
+		second := make([]byte, r.DataSize)
+		if _, err := comp.ReadAt(second, fi.Size()-r.DataSize); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		comp.Close()
+		if int64(len(primary)) != r.DataSize || !bytes.Equal(primary, second) {
+			t.Fatalf("%s: the secondary's component differs from the primary's device (%d vs %d bytes)", r.Name, len(primary), r.DataSize)
+		}
+	}
+
+	// Unmounted, the demotion succeeds and the device goes away.
+	dev := st[0].UblkDevice
+	if err := c.Role(prim, "secondary", "disk1"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, p := range []string{"/dev/hast/disk1", dev} {
+		deadline := time.Now().Add(5 * time.Second)
+		for _, err := os.Lstat(p); err == nil; _, err = os.Lstat(p) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still exists after demotion", p)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	c.Stop()
+	for _, p := range []string{"/dev/hast/disk2", "/dev/hast/disk3"} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Fatalf("%s left behind by a stopped daemon", p)
+		}
+	}
+}
