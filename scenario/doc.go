@@ -6,7 +6,10 @@
 // each scenario then proves that no acknowledged write was lost (fullsync, memsync), measures
 // the loss window (async), and compares both local components byte for byte after resync.
 //
-// The package has only tests. They need root, `ip` (iproute2) and `nft` (nftables), and fail
-// rather than skip without them. With HAST_RELIABILITY_OUT=path set, a run writes its results
+// The failover scenarios (failover_test.go) add Debian's keepalived on both nodes and a client
+// namespace on a shared segment that follows the service address.
+//
+// The package has only tests. They need root, `ip` (iproute2) and `nft` (nftables), and
+// keepalived for the failover scenarios, and fail rather than skip without them. With HAST_RELIABILITY_OUT=path set, a run writes its results
 // table into that file (docs/RELIABILITY.md) between the scenario markers.
 package scenario

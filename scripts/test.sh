@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 need=()
-for pair in fio:fio qemu-io:qemu-utils qemu-img:qemu-utils nbdkit:nbdkit mkfs.ext4:e2fsprogs losetup:util-linux ip:iproute2 nft:nftables qemu-system-x86_64:qemu-system-x86 gcc:gcc; do
+for pair in keepalived:keepalived fio:fio qemu-io:qemu-utils qemu-img:qemu-utils nbdkit:nbdkit mkfs.ext4:e2fsprogs losetup:util-linux ip:iproute2 nft:nftables qemu-system-x86_64:qemu-system-x86 gcc:gcc; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
