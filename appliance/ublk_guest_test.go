@@ -128,8 +128,29 @@ func TestGuestUblkDevices(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// A forced demotion deletes a device that is open; its I/O fails, nothing hangs.
+	g, err := os.OpenFile("/dev/hast/disk3", os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if code := c.CLI(prim, "role", "secondary", "disk3"); code == 0 {
+		t.Fatal("demoting an open device succeeded without --force")
+	}
+	if err := c.CLI(prim, "role", "--force", "secondary", "disk3"); err != 0 {
+		t.Fatalf("role --force secondary disk3: exit %d\n%s", err, out)
+	}
+	// The kernel sets a deleted disk's capacity to zero: reads see its end, writes fail.
+	if n, err := g.ReadAt(buf[:4096], 0); n != 0 || err == nil {
+		t.Fatalf("read from a force-demoted device: %d, %v", n, err)
+	}
+	_, werr := g.WriteAt(buf[:4096], 0)
+	if werr == nil {
+		t.Fatal("write to a force-demoted device succeeded")
+	}
+	t.Logf("after --force: write fails with %v", werr)
 	c.Stop()
-	for _, p := range []string{"/dev/hast/disk2", "/dev/hast/disk3"} {
+	for _, p := range []string{"/dev/hast/disk2", "/dev/hast/disk3"} { // disk2 by the daemon's exit
 		if _, err := os.Lstat(p); err == nil {
 			t.Fatalf("%s left behind by a stopped daemon", p)
 		}
