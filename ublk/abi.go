@@ -26,9 +26,6 @@ var (
 	cmdGetFeatures       = ioc(iocRead, 0x13, ctrlCmdSize)
 	ioFetchReq           = ioc(iocRead|iocWrite, 0x20, ioCmdSize)
 	ioCommitAndFetchReq  = ioc(iocRead|iocWrite, 0x21, ioCmdSize)
-	_                    = cmdGetParams
-	_                    = cmdStartUserRecovery
-	_                    = cmdEndUserRecovery
 )
 
 // Feature flags (UBLK_F_*), in GET_FEATURES' mask and ublksrv_ctrl_dev_info.flags.

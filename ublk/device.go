@@ -21,7 +21,11 @@ type Options struct {
 	Depth      int  // requests in flight per queue; default 64
 	MaxIO      int  // largest request in bytes; default replicate.MaxIO
 	NoUserCopy bool // use the per-tag buffers even when the driver offers UBLK_F_USER_COPY
-	Log        zerolog.Logger
+	// Recovery asks for UBLK_F_USER_RECOVERY with REISSUE: when the server dies the device stays,
+	// holding new I/O and requeueing what the dead server had not completed, until [Recover]
+	// attaches a new server. Without it the driver deletes the disk when the server dies.
+	Recovery bool
+	Log      zerolog.Logger
 }
 
 // Device is one /dev/ublkbN serving a Volume.
@@ -76,6 +80,14 @@ func Create(vol replicate.Volume, opt Options) (*Device, error) {
 	if d.userCopy {
 		d.info.Flags |= FeatureUserCopy
 	}
+	const recovery = FeatureUserRecovery | FeatureUserRecoveryReissue
+	if opt.Recovery {
+		if feat&recovery != recovery {
+			ctrl.close()
+			return nil, fmt.Errorf("ublk: the driver does not offer user recovery (features %#x)", feat)
+		}
+		d.info.Flags |= recovery
+	}
 	if err := ctrl.addDev(&d.info); err != nil {
 		ctrl.close()
 		return nil, err
@@ -95,6 +107,16 @@ func (d *Device) start() error {
 	if err := d.ctrl.setParams(id, &p); err != nil {
 		return err
 	}
+	if err := d.startQueues(); err != nil {
+		return err
+	}
+	// START_DEV returns once every tag has a FETCH_REQ armed and the disk is added (which
+	// reads the partition table through the queues already serving).
+	return d.ctrl.simple("START_DEV", cmdStartDev, id, uint64(os.Getpid()))
+}
+
+// startQueues opens /dev/ublkcN and starts every queue's thread, which arms FETCH_REQ.
+func (d *Device) startQueues() error {
 	var err error
 	// devtmpfs creates the node as the driver registers it; no udev involved.
 	d.cdev, err = os.OpenFile(d.CharPath(), os.O_RDWR, 0)
@@ -108,9 +130,7 @@ func (d *Device) start() error {
 		}
 		d.queues = append(d.queues, qu)
 	}
-	// START_DEV returns once every tag has a FETCH_REQ armed and the disk is added (which
-	// reads the partition table through the queues already serving).
-	return d.ctrl.simple("START_DEV", cmdStartDev, id, uint64(os.Getpid()))
+	return nil
 }
 
 func (d *Device) params() params {

@@ -1,11 +1,15 @@
 package ublk
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"syscall"
@@ -327,5 +331,144 @@ func TestGuestLifecycle(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > g0 {
 		t.Fatalf("%d goroutines, %d before the cycles", n, g0)
+	}
+}
+
+// recoveryChild is the environment variable that makes the test binary a ublk server process
+// for TestGuestRecovery: "create" or "recover:<id>"; the volume is the file in recoveryFile.
+const (
+	recoveryChild = "HAST_UBLK_CHILD"
+	recoveryFile  = "HAST_UBLK_FILE"
+)
+
+// TestGuestRecoveryChild is the server process TestGuestRecovery starts and kills; it does
+// nothing in a normal run.
+func TestGuestRecoveryChild(t *testing.T) {
+	mode := os.Getenv(recoveryChild)
+	if mode == "" {
+		return
+	}
+	f, err := os.OpenFile(os.Getenv(recoveryFile), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol := fileVolume{f}
+	var d *Device
+	if mode == "create" {
+		d, err = Create(vol, Options{Recovery: true, Depth: 32})
+	} else {
+		var id int
+		fmt.Sscanf(mode, "recover:%d", &id)
+		d, err = Recover(id, vol, 30*time.Second, Options{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("SERVING %d\n", d.ID())
+	select {} // until killed
+}
+
+// startServer runs TestGuestRecoveryChild in a new process and waits for its device.
+func startServer(t *testing.T, mode, file string) (*exec.Cmd, int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestGuestRecoveryChild$", "-test.v")
+	cmd.Env = append(os.Environ(), recoveryChild+"="+mode, recoveryFile+"="+file)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		var id int
+		if _, err := fmt.Sscanf(sc.Text(), "SERVING %d", &id); err == nil {
+			go io.Copy(io.Discard, out)
+			return cmd, id
+		}
+		t.Logf("server: %s", sc.Text())
+	}
+	cmd.Wait()
+	t.Fatalf("server %s exited before serving", mode)
+	return nil, 0
+}
+
+// TestGuestRecovery: the server is killed with SIGKILL while a writer keeps writing and
+// syncing; a new process recovers the same /dev/ublkbN, the writer sees a delay and no error,
+// and every block written reads back.
+func TestGuestRecovery(t *testing.T) {
+	if imagetest.Boot(t, imagetest.Options{Modules: []string{imagetest.ModUblk}, Timeout: 150 * time.Second}) {
+		return
+	}
+	file := filepath.Join(t.TempDir(), "vol")
+	if err := os.WriteFile(file, make([]byte, 16<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, id := startServer(t, "create", file)
+	dev := fmt.Sprintf("/dev/ublkb%d", id)
+	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const block = 64 << 10
+	blocks := (16 << 20) / block
+	sums := make([][32]byte, blocks)
+	var maxStall time.Duration
+	wrote := make(chan int, blocks)
+	writerErr := make(chan error, 1)
+	go func() {
+		buf := alignedBuf(t, block)
+		for i := range blocks {
+			rand.Read(buf)
+			sums[i] = sha256.Sum256(buf)
+			start := time.Now()
+			if _, err := f.WriteAt(buf, int64(i)*block); err != nil {
+				writerErr <- fmt.Errorf("block %d: %w", i, err)
+				return
+			}
+			if i%8 == 7 {
+				if err := f.Sync(); err != nil {
+					writerErr <- fmt.Errorf("fsync after block %d: %w", i, err)
+					return
+				}
+			}
+			maxStall = max(maxStall, time.Since(start))
+			wrote <- i
+		}
+		writerErr <- nil
+	}()
+	for i := range 40 { // kill the server in the middle of the run
+		if <-wrote != i {
+			t.Fatal("writer out of order")
+		}
+	}
+	srv.Process.Kill()
+	srv.Wait()
+	killed := time.Now()
+	ahead := len(wrote)
+	if 40+ahead >= blocks {
+		t.Fatal("the writer finished before the server was killed")
+	}
+	srv2, id2 := startServer(t, fmt.Sprintf("recover:%d", id), file)
+	defer func() { srv2.Process.Kill(); srv2.Wait() }()
+	if id2 != id {
+		t.Fatalf("recovered device %d, want %d", id2, id)
+	}
+	t.Logf("recovered /dev/ublkb%d %v after SIGKILL (killed at block %d of %d)", id, time.Since(killed).Round(time.Millisecond), 40+ahead, blocks)
+	if err := <-writerErr; err != nil {
+		t.Fatalf("the writer saw an error across the crash: %v", err)
+	}
+	t.Logf("longest write or fsync: %v", maxStall.Round(time.Millisecond))
+	back := alignedBuf(t, block)
+	for i := range blocks {
+		if _, err := f.ReadAt(back, int64(i)*block); err != nil {
+			t.Fatal(err)
+		}
+		if sha256.Sum256(back) != sums[i] {
+			t.Fatalf("block %d differs after recovery", i)
+		}
 	}
 }

@@ -1,8 +1,11 @@
 package ublk
 
 import (
+	"os"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 
 	"hast/replicate"
 )
@@ -94,4 +97,24 @@ func (v *ramVolume) snapshot(off, n int) []byte {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return append([]byte(nil), v.data[off:off+n]...)
+}
+
+// fileVolume is a replicate.Volume on a file, so that data outlives a server process.
+type fileVolume struct {
+	f *os.File
+}
+
+func (v fileVolume) ReadAt(p []byte, off int64) (int, error)  { return v.f.ReadAt(p, off) }
+func (v fileVolume) WriteAt(p []byte, off int64) (int, error) { return v.f.WriteAt(p, off) }
+func (v fileVolume) Flush() error                             { return v.f.Sync() }
+func (v fileVolume) Discard(off, n int64) error {
+	return unix.Fallocate(int(v.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+func (v fileVolume) SectorSize() int { return 512 }
+func (v fileVolume) Size() int64 {
+	fi, err := v.f.Stat()
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
