@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hast/appliance/config"
+	"hast/replicate"
 )
 
 // `hast failover` is what keepalived runs: `notify` on every VRRP state change (the address
@@ -22,13 +24,17 @@ import (
 // be promoted, drops out of the election). docs/failover.md walks through a setup.
 
 const failoverUsage = `usage:
-  hast failover notify [-c config] [--node NAME] [--up CMD] [--down CMD] [--log FILE] MASTER|BACKUP|FAULT|STOP
+  hast failover notify [-c config] [--node NAME] [--up CMD] [--down CMD] [--log FILE]
+                       [--outdate-after D] [--peer-wait D] MASTER|BACKUP|FAULT|STOP
   hast failover notify [options] GROUP|INSTANCE NAME STATE PRIORITY   (keepalived's notify arguments)
-  hast failover check  [-c config] [--node NAME] [--log FILE]
-notify MASTER promotes every resource of hast.conf in order, refusing all of them when one copy must not
-be promoted (split-brain, inconsistent), then runs --up (assemble the pool, mount). BACKUP, FAULT and
-STOP run --down (unmount, stop the pool) and demote every resource to secondary. check exits non-zero
-when the daemon does not answer or a resource here must not be promoted.
+  hast failover check  [-c config] [--node NAME] [--log FILE] [--outdate-after D]
+notify MASTER promotes every resource of hast.conf in order, or none when one copy must not be
+promoted: split-brain, inconsistent (half synchronised), a secondary disconnected from its primary for
+longer than --outdate-after (outdated), or a secondary whose primary still answers on the replication
+link after --peer-wait (VRRP split, the peer alive). Then it runs --up (assemble the pool, mount).
+BACKUP, FAULT and STOP run --down (unmount, stop the pool) and demote every resource to secondary.
+check exits non-zero when the daemon does not answer, a resource here must not be promoted, or a
+promotion was refused in the last 10 s (so keepalived releases the address).
 `
 
 // vrrpState is a keepalived state as a notify script receives it.
@@ -87,7 +93,18 @@ type failoverCmd struct {
 	logFile   string
 	sys       *syslog.Writer
 	logOutput io.Writer
+	// outdateAfter: a secondary disconnected from its primary for longer is not promoted (the
+	// primary may have acknowledged writes alone since).
+	outdateAfter time.Duration
+	// peerWait: how long MASTER waits for a primary still alive on the replication link to go
+	// away (a planned switchover demoting it) before refusing.
+	peerWait time.Duration
+	state    string // prefix of the files that remember things between runs
 }
+
+// refusedHold is how long a refused promotion keeps `check` failing, so keepalived gives the
+// address up (FAULT) instead of holding it on a node that serves nothing.
+const refusedHold = 10 * time.Second
 
 func (c *CLI) failover(args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
@@ -106,9 +123,11 @@ func (c *CLI) failover(args []string) error {
 	cm.fs.Usage = func() { fmt.Fprint(c.Stderr, failoverUsage); cm.fs.PrintDefaults() }
 	f := &failoverCmd{cli: c}
 	cm.fs.StringVar(&f.logFile, "log", "", "append what is done to this file (syslog and stderr always)")
+	cm.fs.DurationVar(&f.outdateAfter, "outdate-after", 3*time.Second, "a secondary disconnected from its primary for longer must not be promoted (it may miss writes the primary acknowledged alone)")
 	if sub == "notify" {
 		cm.fs.StringVar(&f.up, "up", "", "shell command run after every resource is primary (assemble the pool, mount); its failure demotes again")
 		cm.fs.StringVar(&f.down, "down", "", "shell command run before demotion (unmount, stop the pool); demotion goes ahead if it fails")
+		cm.fs.DurationVar(&f.peerWait, "peer-wait", 3*time.Second, "how long MASTER waits for a primary still reachable on the replication link to demote before refusing")
 	}
 	if err := cm.parse(args[1:]); err != nil {
 		return err
@@ -118,6 +137,11 @@ func (c *CLI) failover(args []string) error {
 		return err
 	}
 	f.cfg, f.node = cfg, cfg.Node
+	ctl, err := config.ParseAddr(cfg.Control, 0)
+	if err != nil {
+		return exitErr(exConfig, err)
+	}
+	f.state = ctl.Address + ".failover"
 	f.openLog()
 	defer f.closeLog()
 	cl, err := NewClient(cfg.Control)
@@ -141,7 +165,7 @@ func (c *CLI) failover(args []string) error {
 	}
 	// keepalived forks a notify script per transition without waiting for the previous one;
 	// transitions of one node are applied one at a time, in the order they take the lock.
-	unlock, err := lockFile(cfg.Control)
+	unlock, err := lockFile(f.state + ".lock")
 	if err != nil {
 		return exitErr(exOSErr, err)
 	}
@@ -179,14 +203,9 @@ func (f *failoverCmd) logf(format string, a ...any) {
 	fmt.Fprintf(f.logOutput, "%s hast failover [%s]: %s\n", time.Now().UTC().Format("2006-01-02T15:04:05.000Z"), f.node, fmt.Sprintf(format, a...))
 }
 
-// lockFile takes an exclusive lock next to the control socket (one per node, so two nodes on one
-// machine do not wait for each other).
-func lockFile(control string) (func(), error) {
-	a, err := config.ParseAddr(control, 0)
-	if err != nil {
-		return nil, err
-	}
-	p := a.Address + ".failover.lock"
+// lockFile takes an exclusive lock on p (next to the control socket: one per node, so two nodes
+// on one machine do not wait for each other).
+func lockFile(p string) (func(), error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return nil, err
 	}
@@ -236,6 +255,122 @@ func (f *failoverCmd) blockers() (map[string]string, bool, error) {
 	return out, anyPrimary, nil
 }
 
+// outdated keeps, in a file, since when each secondary here has been disconnected from its
+// primary, and names those disconnected for longer than outdateAfter: while the replication link
+// is down and VRRP still sees the primary, the primary goes on acknowledging writes alone, so
+// this copy falls behind and must not take over if the primary dies later (DRBD calls such a
+// copy outdated). It becomes promotable again when it has reconnected and resynchronised.
+func (f *failoverCmd) outdated(now time.Time) []string {
+	st, err := f.cl.Status()
+	if err != nil {
+		return nil // reported by the caller
+	}
+	prev := map[string]time.Time{}
+	if b, err := os.ReadFile(f.state + ".disconnected"); err == nil {
+		json.Unmarshal(b, &prev)
+	}
+	next := map[string]time.Time{}
+	var bad []string
+	for _, s := range st {
+		if s.Error != "" || s.Role != RoleSecondary.String() || s.Connected {
+			continue
+		}
+		since, ok := prev[s.Name]
+		if !ok {
+			since = now
+		}
+		next[s.Name] = since
+		if d := now.Sub(since); d > f.outdateAfter {
+			bad = append(bad, fmt.Sprintf("%s: secondary disconnected from its primary for %v (> %v): it may miss writes the primary acknowledged alone", s.Name, d.Round(time.Second), f.outdateAfter))
+		}
+	}
+	if b, err := json.Marshal(next); err == nil {
+		writeFileAtomic(f.state+".disconnected", b)
+	}
+	return bad
+}
+
+func writeFileAtomic(p string, b []byte) error {
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+type refusal struct {
+	At  time.Time `json:"at"`
+	Why string    `json:"why"`
+}
+
+// refusedAt reads the last refused promotion (zero time when none).
+func (f *failoverCmd) refusedAt() (time.Time, string) {
+	var r refusal
+	if b, err := os.ReadFile(f.state + ".refused"); err == nil {
+		json.Unmarshal(b, &r)
+	}
+	return r.At, r.Why
+}
+
+// peerAlive reports whether a TCP connection to resource r's remote address opens from its
+// source address within a short time: the peer's daemon runs and the replication link works.
+// A refused connection (node up, daemon down), a timeout or an unreachable network mean no.
+func peerAlive(r *config.Resource) bool {
+	if r.Remote == "" || r.Remote == "none" {
+		return false
+	}
+	a, err := config.ParseAddr(r.Remote, config.DefaultPort)
+	if err != nil || a.Network == "unix" {
+		return false
+	}
+	laddr := ""
+	if r.Source != "" {
+		if sa, err := config.ParseAddr(r.Source, 0); err == nil {
+			laddr = sa.Address
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	c, err := replicate.TCPDialer(ctx, a.Network, laddr, a.Address)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// waitPeerGone is the rule against two primaries when VRRP splits but replication does not:
+// a secondary still connected to a primary that answers on the replication link is not
+// promoted, whatever VRRP says. A planned switchover (the peer demoting itself) ends the
+// connection within peerWait; a VRRP split does not. It returns the resource and the reason
+// when promotion must not go on.
+func (f *failoverCmd) waitPeerGone() (string, string) {
+	deadline := time.Now().Add(f.peerWait)
+	for {
+		st, err := f.cl.Status()
+		if err != nil {
+			return "", err.Error()
+		}
+		alive := ""
+		for _, s := range st {
+			if s.Role != RoleSecondary.String() || !s.Connected {
+				continue
+			}
+			if r := f.resource(s.Name); r != nil && peerAlive(r) {
+				alive = s.Name
+				break
+			}
+		}
+		if alive == "" {
+			return "", ""
+		}
+		if time.Now().After(deadline) {
+			return alive, fmt.Sprintf("connected to a primary that still answers on the replication link after %v: the peer is alive and VRRP is split; not becoming a second primary", f.peerWait)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func (f *failoverCmd) resource(name string) *config.Resource {
 	for _, r := range f.cfg.Resources {
 		if r.Name == name {
@@ -258,6 +393,10 @@ func (f *failoverCmd) check() error {
 			bad = append(bad, r.Name+": "+why)
 		}
 	}
+	bad = append(bad, f.outdated(time.Now())...)
+	if at, why := f.refusedAt(); !at.IsZero() && time.Since(at) < refusedHold {
+		bad = append(bad, fmt.Sprintf("promotion refused %v ago: %s", time.Since(at).Round(time.Second), why))
+	}
 	if len(bad) > 0 {
 		f.logf("check failed: %s", strings.Join(bad, "; "))
 		return exitErr(exUnavailable, errQuiet)
@@ -279,6 +418,13 @@ func (f *failoverCmd) promote() error {
 			return f.refuse(r.Name, why, nil)
 		}
 	}
+	if out := f.outdated(time.Now()); len(out) > 0 {
+		name, why, _ := strings.Cut(out[0], ": ")
+		return f.refuse(name, why, nil)
+	}
+	if name, why := f.waitPeerGone(); why != "" {
+		return f.refuse(name, why, nil)
+	}
 	var done []string
 	for _, r := range f.cfg.Resources {
 		res, err := f.cl.SetRole("primary", false, r.Name)
@@ -298,6 +444,7 @@ func (f *failoverCmd) promote() error {
 			return exitErr(exSoftware, errQuiet)
 		}
 	}
+	os.Remove(f.state + ".refused")
 	f.logf("MASTER: %d resource(s) primary in %v", len(done), time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -306,6 +453,9 @@ func (f *failoverCmd) promote() error {
 // made and runs hast.conf's exec hook with the event failover-refused.
 func (f *failoverCmd) refuse(name, why string, promoted []string) error {
 	f.logf("MASTER: refusing to promote this node: %s: %s", name, why)
+	if b, err := json.Marshal(refusal{At: time.Now(), Why: name + ": " + why}); err == nil {
+		writeFileAtomic(f.state+".refused", b)
+	}
 	if len(promoted) > 0 {
 		f.setSecondary(promoted)
 	}
