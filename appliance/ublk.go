@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -20,9 +21,10 @@ const ublkLinkDir = "/dev/hast"
 
 // ublkFrontend serves every primary volume as /dev/ublkbN, linked as /dev/hast/<name>.
 type ublkFrontend struct {
-	log  zerolog.Logger
-	mu   sync.Mutex
-	devs map[string]*ublk.Device
+	log      zerolog.Logger
+	recovery bool // devices outlive a crashed daemon (UBLK_F_USER_RECOVERY)
+	mu       sync.Mutex
+	devs     map[string]*ublk.Device
 }
 
 // newUblkFrontend applies --ublk: "off", "on" (the daemon does not start without ublk) or
@@ -49,15 +51,31 @@ func newUblkFrontend(mode string, log zerolog.Logger) (*ublkFrontend, error) {
 		return nil, nil
 	}
 	log.Info().Str("features", fmt.Sprintf("%#x", feat)).Msg("ublk: primary volumes appear as " + ublkLinkDir + "/<resource>")
-	return &ublkFrontend{log: log, devs: map[string]*ublk.Device{}}, nil
+	const recovery = ublk.FeatureUserRecovery | ublk.FeatureUserRecoveryReissue
+	return &ublkFrontend{log: log, recovery: feat&recovery == recovery, devs: map[string]*ublk.Device{}}, nil
 }
 
+// add serves v as name's device. When /dev/hast/<name> still links to a device a killed daemon
+// served, that device is re-attached (I/O its users issued meanwhile was held, not failed).
 func (u *ublkFrontend) add(name string, v replicate.Volume) error {
-	dev, err := ublk.Create(v, ublk.Options{Log: u.log.With().Str("resource", name).Logger()})
-	if err != nil {
-		return err
-	}
+	opt := ublk.Options{Log: u.log.With().Str("resource", name).Logger(), Recovery: u.recovery}
 	link := filepath.Join(ublkLinkDir, name)
+	var dev *ublk.Device
+	if target, err := os.Readlink(link); err == nil && u.recovery {
+		var id int
+		if _, err := fmt.Sscanf(target, "/dev/ublkb%d", &id); err == nil {
+			dev, err = ublk.Recover(id, v, 15*time.Second, opt)
+			if err != nil && !errors.Is(err, ublk.ErrNotRecoverable) {
+				u.log.Warn().Err(err).Str("resource", name).Msg("ublk: the device a previous daemon left cannot be re-attached; creating a new one")
+			}
+		}
+	}
+	if dev == nil {
+		var err error
+		if dev, err = ublk.Create(v, opt); err != nil {
+			return err
+		}
+	}
 	os.MkdirAll(ublkLinkDir, 0o755)
 	os.Remove(link)
 	if err := os.Symlink(dev.BlockPath(), link); err != nil {

@@ -1,11 +1,14 @@
 package ublk
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"hast/replicate"
 )
@@ -45,9 +48,9 @@ func Recover(id int, vol replicate.Volume, wait time.Duration, opt Options) (*De
 			id, p.Basic.DevSectors<<9, 1<<p.Basic.LogicalBSShift, vol.Size(), vol.SectorSize())
 	}
 	for deadline := time.Now().Add(wait); info.State != stateQuiesced; {
-		if info.State == stateLive && info.ServerPID == int32(os.Getpid()) {
+		if info.State == stateLive && alive(int(info.ServerPID)) {
 			ctrl.close()
-			return nil, fmt.Errorf("%w: /dev/ublkb%d is served by this process", ErrNotRecoverable, id)
+			return nil, fmt.Errorf("%w: /dev/ublkb%d is served by the live process %d", ErrNotRecoverable, id, info.ServerPID)
 		}
 		if time.Now().After(deadline) {
 			ctrl.close()
@@ -75,4 +78,20 @@ func Recover(id int, vol replicate.Volume, wait time.Duration, opt Options) (*De
 	}
 	d.log.Info().Str("device", d.BlockPath()).Int("dead_server", int(info.ServerPID)).Msg("ublk device recovered")
 	return d, nil
+}
+
+// alive reports whether process pid exists and has not exited (a zombie has).
+func alive(pid int) bool {
+	if pid <= 0 || unix.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name, which may itself hold spaces.
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z'
+	}
+	return true
 }
