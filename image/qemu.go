@@ -19,6 +19,7 @@ import (
 type VM struct {
 	Kernel, Initrd string
 	MemoryMB       int      // default 512
+	CPUs           int      // default 1
 	Append         string   // extra kernel command line
 	Args           []string // extra qemu arguments (drives, network)
 	Stdout         io.Writer
@@ -55,7 +56,8 @@ func (vm *VM) Run(ctx context.Context) error {
 		mem = 512
 	}
 	accel := Accel()
-	args := []string{"-accel", accel, "-nographic", "-no-reboot", "-m", strconv.Itoa(mem),
+	cpus := max(vm.CPUs, 1)
+	args := []string{"-accel", accel, "-nographic", "-no-reboot", "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
 		"-kernel", vm.Kernel, "-initrd", vm.Initrd,
 		"-append", "console=ttyS0 quiet panic=-1 " + vm.Append}
 	if accel == "kvm" {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -32,6 +33,7 @@ type queue struct {
 	done []completion // results waiting to be committed
 
 	exited chan error
+	served atomic.Int64 // requests handled, for tests and status
 }
 
 type completion struct {
@@ -192,6 +194,7 @@ func (q *queue) run(ready chan<- error) {
 // serve runs one request against the volume and hands the result to the queue thread.
 func (q *queue) serve(tag uint16, d ioDesc) {
 	res := q.handle(tag, d)
+	q.served.Add(1)
 	q.mu.Lock()
 	q.done = append(q.done, completion{tag, res})
 	q.mu.Unlock()

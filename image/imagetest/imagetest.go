@@ -42,6 +42,8 @@ type Options struct {
 	Modules  []string // loaded in order before the test starts
 	Programs []string // host programs copied in with their shared libraries (mkfs.ext4, ...)
 	MemoryMB int      // default 512
+	CPUs     int      // default 1
+	Disks    []string // host files attached read-only as virtio disks /dev/vda, /dev/vdb, ...
 	Timeout  time.Duration
 }
 
@@ -131,7 +133,13 @@ func Boot(t *testing.T, opt Options) bool {
 	}
 	var console bytes.Buffer
 	lw := &lineLogger{t: t}
-	vm := &image.VM{Kernel: kernel.Vmlinuz, Initrd: initrd, MemoryMB: opt.MemoryMB, Stdout: multi{&console, lw}}
+	vm := &image.VM{Kernel: kernel.Vmlinuz, Initrd: initrd, MemoryMB: opt.MemoryMB, CPUs: opt.CPUs, Stdout: multi{&console, lw}}
+	for _, d := range opt.Disks {
+		vm.Args = append(vm.Args, "-drive", "file="+d+",format=raw,if=virtio,readonly=on")
+	}
+	if len(vm.Args) > 0 {
+		vm.Args = append(vm.Args, "-nic", "none")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
 	defer cancel()
 	start := time.Now()
