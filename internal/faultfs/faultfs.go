@@ -29,6 +29,7 @@ type FS struct {
 	server     *fuse.Server
 	connID     uint32
 	writes     atomic.Int32 // errno for writes, 0: none
+	writesFrom atomic.Int64 // writes below this offset pass
 	syncs      atomic.Int32 // errno for fsync/fdatasync, 0: none
 	// WriteFaults and SyncFaults count the operations failed so far.
 	WriteFaults, SyncFaults atomic.Int64
@@ -64,8 +65,12 @@ func Mount(backing, mountpoint string) (*FS, error) {
 	return f, nil
 }
 
-// FailWrites makes every write fail with errno from now on; 0 ends it.
-func (f *FS) FailWrites(errno syscall.Errno) { f.writes.Store(int32(errno)) }
+// FailWrites makes every write that ends past offset from fail with errno from now on (from 0:
+// every write); errno 0 ends it. An offset spares a file's head, such as a metadata block.
+func (f *FS) FailWrites(errno syscall.Errno, from int64) {
+	f.writesFrom.Store(from)
+	f.writes.Store(int32(errno))
+}
 
 // FailSyncs makes every fsync and fdatasync fail with errno from now on; 0 ends it.
 func (f *FS) FailSyncs(errno syscall.Errno) { f.syncs.Store(int32(errno)) }
@@ -135,7 +140,7 @@ func (f *file) PassthroughFd() (int, bool) { return 0, false }
 
 // Write implements fs.FileWriter.
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	if e := f.fs.writeFault(); e != 0 {
+	if e := f.fs.writeFault(off, len(data)); e != 0 {
 		return 0, e
 	}
 	return f.LoopbackFile.Write(ctx, data, off)
@@ -143,17 +148,22 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 
 // Writev implements fs.FileWritever, which go-fuse prefers for a write of several pages.
 func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, syscall.Errno) {
-	if e := f.fs.writeFault(); e != 0 {
+	n := 0
+	for _, b := range data {
+		n += len(b)
+	}
+	if e := f.fs.writeFault(off, n); e != 0 {
 		return 0, e
 	}
 	return f.LoopbackFile.Writev(ctx, data, off)
 }
 
-func (f *FS) writeFault() syscall.Errno {
+func (f *FS) writeFault(off int64, n int) syscall.Errno {
 	e := syscall.Errno(f.writes.Load())
-	if e != 0 {
-		f.WriteFaults.Add(1)
+	if e == 0 || off+int64(n) <= f.writesFrom.Load() {
+		return 0
 	}
+	f.WriteFaults.Add(1)
 	return e
 }
 

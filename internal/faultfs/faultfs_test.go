@@ -43,11 +43,14 @@ func TestFaultsReachSystemCalls(t *testing.T) {
 			t.Fatalf("open (direct %v): %v", direct, err)
 		}
 		buf := bytes.Repeat([]byte{7}, 4096)
-		f.FailWrites(syscall.EIO)
-		if _, err := unix.Pwrite(fd, buf, 0); !errors.Is(err, syscall.EIO) {
+		f.FailWrites(syscall.EIO, 4096)
+		if _, err := unix.Pwrite(fd, buf, 4096); !errors.Is(err, syscall.EIO) {
 			t.Fatalf("direct %v: pwrite during a write fault = %v, want EIO", direct, err)
 		}
-		f.FailWrites(0)
+		if _, err := unix.Pwrite(fd, buf[:512], 0); err != nil {
+			t.Fatalf("direct %v: pwrite below the faulty range: %v", direct, err)
+		}
+		f.FailWrites(0, 0)
 		if _, err := unix.Pwrite(fd, buf, 8192); err != nil {
 			t.Fatalf("direct %v: pwrite after the fault: %v", direct, err)
 		}
@@ -73,7 +76,7 @@ func TestFaultsReachSystemCalls(t *testing.T) {
 	if _, err := fd.ReadAt(got, 8192); err != nil || got[0] != 7 {
 		t.Fatalf("data written after the fault: %v, first byte %d", err, got[0])
 	}
-	if _, err := fd.ReadAt(got, 0); err != nil || got[0] != 0 {
+	if _, err := fd.ReadAt(got, 4096); err != nil || got[0] != 0 {
 		t.Fatalf("data of the failed write reached the file: %v, first byte %d", err, got[0])
 	}
 }
