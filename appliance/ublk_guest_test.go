@@ -21,12 +21,13 @@ import (
 )
 
 // TestGuestUblkDevices runs inside a qemu guest with ublk_drv (the build host has none): two
-// daemons on loopback replicate disk1..3; the primary serves each as /dev/hast/diskN; ext4 on
+// daemons on loopback replicate disk1..3; the primary serves each as /dev/hast/diskN; fio's
+// crc32c verification passes on disk1; ext4 on
 // disk1 survives fsck; raw writes to disk2 reach the secondary's component byte for byte;
 // demoting a mounted device is refused and after unmounting it succeeds and the device goes.
 func TestGuestUblkDevices(t *testing.T) {
 	if imagetest.Boot(t, imagetest.Options{Modules: []string{imagetest.ModUblk},
-		Programs: []string{"mkfs.ext4", "fsck.ext4"}, MemoryMB: 768, Timeout: 150 * time.Second}) {
+		Programs: []string{"mkfs.ext4", "fsck.ext4"}, Tools: []string{"fio"}, MemoryMB: 768, Timeout: 150 * time.Second}) {
 		return
 	}
 	c, out := newTestCluster(t, ClusterOptions{Resources: 3, DiskSize: 24 << 20})
@@ -56,6 +57,19 @@ func TestGuestUblkDevices(t *testing.T) {
 	if code := c.CLI(prim, "list", "disk1"); code != 0 || !strings.Contains(out.String()[mark:], "  device: /dev/hast/disk1 (/dev/ublkb") {
 		t.Fatalf("hast list: %d\n%s", code, out.String()[mark:])
 	}
+
+	// fio writes 4 KiB blocks at random at depth 16 with crc32c headers, then reads and checks them.
+	fio, err := imagetest.Tool("fio", "--name=verify", "--filename=/dev/hast/disk1", "--ioengine=io_uring",
+		"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=16M", "--verify=crc32c",
+		"--do_verify=1", "--verify_fatal=1", "--output-format=terse", "--terse-version=3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if o, err := fio.CombinedOutput(); err != nil {
+		t.Fatalf("fio --verify=crc32c on /dev/hast/disk1: %v\n%s", err, o)
+	}
+	t.Logf("fio wrote and verified 16 MiB on /dev/hast/disk1 in %v", time.Since(start).Round(time.Millisecond))
 
 	// ext4 on disk1, checksummed files.
 	mnt := t.TempDir()

@@ -21,10 +21,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"hast/image"
 )
@@ -44,7 +47,10 @@ type Options struct {
 	MemoryMB int      // default 512
 	CPUs     int      // default 1
 	Disks    []string // host files attached read-only as virtio disks /dev/vda, /dev/vdb, ...
-	Timeout  time.Duration
+	// Tools are host programs too big for the initramfs (fio needs 84 MB of libraries): they go
+	// with their libraries onto a read-only ext4 disk, the first virtio disk, and [Tool] runs them.
+	Tools   []string
+	Timeout time.Duration
 }
 
 // InGuest reports whether this process runs inside a guest started by Boot.
@@ -109,7 +115,19 @@ func Boot(t *testing.T, opt Options) bool {
 	if err := r.AddHostFile("guest.test", filepath.Join(buildDir, "guest.test")); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.AddModules(kernel, opt.Modules...); err != nil {
+	mods := opt.Modules
+	disks := opt.Disks
+	if len(opt.Tools) > 0 {
+		img, err := toolsDisk(opt.Tools)
+		if err != nil {
+			t.Fatal(err)
+		}
+		disks = append([]string{img}, disks...)
+	}
+	if len(disks) > 0 {
+		mods = append(mods, "drivers/block/virtio_blk")
+	}
+	if err := r.AddModules(kernel, mods...); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range opt.Programs {
@@ -134,7 +152,7 @@ func Boot(t *testing.T, opt Options) bool {
 	var console bytes.Buffer
 	lw := &lineLogger{t: t}
 	vm := &image.VM{Kernel: kernel.Vmlinuz, Initrd: initrd, MemoryMB: opt.MemoryMB, CPUs: opt.CPUs, Stdout: multi{&console, lw}}
-	for _, d := range opt.Disks {
+	for _, d := range disks {
 		vm.Args = append(vm.Args, "-drive", "file="+d+",format=raw,if=virtio,readonly=on")
 	}
 	if len(vm.Args) > 0 {
@@ -198,4 +216,117 @@ func (l *lineLogger) flush() {
 		l.t.Log("guest: " + string(l.buf))
 		l.buf = nil
 	}
+}
+
+// toolsManifest describes the tools disk to the guest.
+type toolsManifest struct {
+	Programs map[string]string // name -> path on the disk
+	Loader   string            // the dynamic loader, run explicitly
+	LibPath  []string          // directories holding the libraries
+}
+
+const (
+	toolsMount        = "/tools"
+	toolsManifestPath = ".hast-tools.json"
+)
+
+var (
+	toolsMu    sync.Mutex
+	toolsDisks = map[string]string{}
+)
+
+// toolsDisk builds (once per set of programs and test process) the read-only tools disk.
+func toolsDisk(progs []string) (string, error) {
+	key := strings.Join(progs, ",")
+	toolsMu.Lock()
+	defer toolsMu.Unlock()
+	if img, ok := toolsDisks[key]; ok {
+		return img, nil
+	}
+	set := image.NewInitramfs()
+	m := toolsManifest{Programs: map[string]string{}}
+	libdirs := map[string]bool{}
+	for _, p := range progs {
+		path, err := exec.LookPath(p)
+		if err != nil {
+			return "", fmt.Errorf("tools disk: %w", err)
+		}
+		if err := set.AddHostProgram(path); err != nil {
+			return "", err
+		}
+		m.Programs[filepath.Base(p)] = path
+		out, err := exec.Command("ldd", path).Output()
+		if err != nil {
+			return "", fmt.Errorf("tools disk: ldd %s: %w", path, err)
+		}
+		for _, f := range strings.Fields(string(out)) {
+			if !strings.HasPrefix(f, "/") {
+				continue
+			}
+			if strings.Contains(f, "/ld-linux") {
+				real, err := filepath.EvalSymlinks(f)
+				if err != nil {
+					return "", err
+				}
+				m.Loader = real
+				continue
+			}
+			libdirs[filepath.Dir(f)] = true
+		}
+	}
+	for d := range libdirs {
+		m.LibPath = append(m.LibPath, d)
+	}
+	sort.Strings(m.LibPath)
+	b, _ := json.Marshal(m)
+	set.AddFile(toolsManifestPath, b, 0o644)
+	dir := filepath.Join(buildDir, fmt.Sprintf("tools%d", len(toolsDisks)))
+	if err := set.WriteTree(dir); err != nil {
+		return "", err
+	}
+	img := dir + ".img"
+	if err := image.MakeExt4Image(dir, img); err != nil {
+		return "", err
+	}
+	toolsDisks[key] = img
+	return img, nil
+}
+
+var (
+	mountOnce sync.Once
+	mountErr  error
+	manifest  toolsManifest
+)
+
+// Tool returns the command line that runs the named program from the tools disk inside the
+// guest (through the disk's dynamic loader and libraries), mounting the disk on first use.
+func Tool(name string, args ...string) (*exec.Cmd, error) {
+	mountOnce.Do(func() {
+		if mountErr = os.MkdirAll(toolsMount, 0o755); mountErr != nil {
+			return
+		}
+		if mountErr = unix.Mount("/dev/vda", toolsMount, "ext4", unix.MS_RDONLY, ""); mountErr != nil {
+			mountErr = fmt.Errorf("mount the tools disk: %w", mountErr)
+			return
+		}
+		b, err := os.ReadFile(filepath.Join(toolsMount, toolsManifestPath))
+		if err != nil {
+			mountErr = err
+			return
+		}
+		mountErr = json.Unmarshal(b, &manifest)
+	})
+	if mountErr != nil {
+		return nil, mountErr
+	}
+	prog, ok := manifest.Programs[name]
+	if !ok {
+		return nil, fmt.Errorf("%s is not on the tools disk (Options.Tools)", name)
+	}
+	var libs []string
+	for _, d := range manifest.LibPath {
+		libs = append(libs, filepath.Join(toolsMount, d))
+	}
+	argv := append([]string{"--library-path", strings.Join(libs, ":"), filepath.Join(toolsMount, prog)}, args...)
+	return exec.Command(filepath.Join(toolsMount, manifest.Loader), argv...), nil
 }
