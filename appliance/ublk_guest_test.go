@@ -176,15 +176,16 @@ func TestGuestUblkDevices(t *testing.T) {
 }
 
 // TestGuestUblkDaemonKilled: the primary daemon is killed with SIGKILL while a program writes
-// and fsyncs files on ext4 on /dev/hast/disk1; the restarted daemon, promoted again, re-attaches
-// the same device (UBLK_F_USER_RECOVERY): the writer sees a delay, never an error, and the file
-// system checks clean with every file intact.
+// and fsyncs files on ext4 on /dev/hast/disk1 and fio writes with crc32c verification on
+// /dev/hast/disk2; the restarted daemon, promoted again, re-attaches the same devices
+// (UBLK_F_USER_RECOVERY): the writer sees a delay, never an error, fio's verification passes,
+// and the file system checks clean with every file intact.
 func TestGuestUblkDaemonKilled(t *testing.T) {
 	if imagetest.Boot(t, imagetest.Options{Modules: []string{imagetest.ModUblk},
-		Programs: []string{"mkfs.ext4", "fsck.ext4"}, MemoryMB: 768, Timeout: 150 * time.Second}) {
+		Programs: []string{"mkfs.ext4", "fsck.ext4"}, Tools: []string{"fio"}, MemoryMB: 768, Timeout: 150 * time.Second}) {
 		return
 	}
-	c, out := newTestCluster(t, ClusterOptions{Resources: 1, DiskSize: 48 << 20})
+	c, out := newTestCluster(t, ClusterOptions{Resources: 2, DiskSize: 48 << 20})
 	if err := c.Pair(); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -196,7 +197,19 @@ func TestGuestUblkDaemonKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := st[0].UblkDevice
+	dev, dev2 := st[0].UblkDevice, st[1].UblkDevice
+	fio, err := imagetest.Tool("fio", "--name=verify", "--filename=/dev/hast/disk2", "--ioengine=io_uring",
+		"--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=24M", "--verify=crc32c",
+		"--do_verify=1", "--verify_fatal=1", "--output-format=terse", "--terse-version=3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fioOut bytes.Buffer
+	fio.Stdout, fio.Stderr = &fioOut, &fioOut
+	if err := fio.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fioStart := time.Now()
 	mnt := t.TempDir()
 	files, err := testsupport.MakeExt4("/dev/hast/disk1", mnt, 4)
 	if err != nil {
@@ -208,6 +221,9 @@ func TestGuestUblkDaemonKilled(t *testing.T) {
 	writerErr := make(chan error, 1)
 	go func() {
 		for i := 0; ; i++ {
+			if i == 400 { // 25 MiB: enough, and far from filling the file system
+				<-stop
+			}
 			select {
 			case <-stop:
 				writerErr <- nil
@@ -245,14 +261,21 @@ func TestGuestUblkDaemonKilled(t *testing.T) {
 	if err := c.Start(prim); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Role(prim, "primary", "disk1"); err != nil {
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", fio.Process.Pid)); err != nil || strings.Contains(string(stat), ") Z ") {
+		t.Fatalf("fio finished before the daemon was killed (%v)", err)
+	}
+	if err := c.Role(prim, "primary", "disk1", "disk2"); err != nil {
 		t.Fatalf("%v\n%s", err, c.LogTail(prim))
 	}
 	st, err = mustClient(t, c, prim).Status()
-	if err != nil || st[0].UblkDevice != dev {
-		t.Fatalf("after the restart disk1 is %q (%v), want the same %s\n%s", st[0].UblkDevice, err, dev, c.LogTail(prim))
+	if err != nil || st[0].UblkDevice != dev || st[1].UblkDevice != dev2 {
+		t.Fatalf("after the restart the devices are %q, %q (%v), want the same %s, %s\n%s", st[0].UblkDevice, st[1].UblkDevice, err, dev, dev2, c.LogTail(prim))
 	}
-	t.Logf("restarted and re-attached %s %v after SIGKILL", dev, time.Since(killed).Round(time.Millisecond))
+	t.Logf("restarted and re-attached %s and %s %v after SIGKILL", dev, dev2, time.Since(killed).Round(time.Millisecond))
+	if err := fio.Wait(); err != nil {
+		t.Fatalf("fio across the daemon's crash: %v\n%s", err, fioOut.String())
+	}
+	t.Logf("fio wrote and verified 24 MiB across the crash in %v", time.Since(fioStart).Round(time.Millisecond))
 	for n := len(written); n < 10; n = len(written) { // the writer carries on
 		select {
 		case err := <-writerErr:
