@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hast/appliance"
+	"hast/internal/ackcheck"
 	"hast/internal/faultnet"
 	"hast/nbd"
 )
@@ -124,6 +125,7 @@ vrrp_instance hast {
 	priority 100
 	advert_int 0.3
 	nopreempt
+	garp_master_refresh 1
 	virtual_ipaddress {
 		%[4]s/24 dev %[3]s
 	}
@@ -421,30 +423,9 @@ func TestKeepalivedFailover(t *testing.T) {
 func keepalivedFailover(t *testing.T, fault failoverFault, mode string) failoverRow {
 	f := newFailoverEnv(t, mode)
 	e := f.env
-	e.start(e.h1)
-	e.start(e.h2)
-	// hast1's keepalived alone first: it takes the address and its notify script promotes
-	// hast1. Then hast2's, which stays BACKUP (nopreempt, equal priority) and is made
-	// secondary; its check fails (FAULT) until the initial synchronisation is done.
-	f.startVRRP(0)
-	f.waitFor("hast1 holds the address", 20*time.Second, func() bool { return f.hasVIP(0) })
-	e.waitStatus(e.h1, "hast1 primary", 20*time.Second, func(s appliance.ResourceStatus) bool { return s.Role == "primary" })
-	f.startVRRP(1)
-	e.waitComplete(e.h1)
-	f.waitFor("hast2's keepalived in BACKUP after the sync", 20*time.Second, func() bool { return f.vrrpState(1) == "BACKUP" })
-	if st := e.status(e.h2); st.Role != "secondary" {
-		t.Fatalf("hast2 is %s, want secondary", st.Role)
-	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fl := &follower{ns: f.seg.NS, addr: fmt.Sprintf("%s:%d", f.vip, nbdPort), born: map[int]time.Time{}, ctx: ctx}
+	f.pairByVRRP()
+	fl, chk, ld := f.startClient()
 	defer fl.close()
-	v0 := e.volume(e.h1)
-	size := v0.Size()
-	v0.Close()
-	chk := e.checker(size)
-	ld := startLoad(chk, fl)
 	e.waitAcked(chk, 1000, loadTimeout)
 	if st := e.status(e.h1); !st.Connected || st.Syncing {
 		t.Fatalf("hast1 before the fault: connected %v, syncing %v", st.Connected, st.Syncing)
@@ -531,6 +512,40 @@ func keepalivedFailover(t *testing.T, fault failoverFault, mode string) failover
 	return failoverRow{fault: fault, mode: mode, vip: tVIP.Sub(t0), first: first.Sub(t0), stall: stall}
 }
 
+// pairByVRRP starts both daemons and keepalived the way an operator would: hast1's keepalived
+// alone first, which takes the address, and its notify script promotes hast1. Then hast2's,
+// which stays BACKUP (nopreempt, equal priority) and is made secondary; its check fails (FAULT)
+// until the initial synchronisation is done.
+func (f *failoverEnv) pairByVRRP() {
+	f.t.Helper()
+	e := f.env
+	e.start(e.h1)
+	e.start(e.h2)
+	f.startVRRP(0)
+	f.waitFor("hast1 holds the address", 20*time.Second, func() bool { return f.hasVIP(0) })
+	e.waitStatus(e.h1, "hast1 primary", 20*time.Second, func(s appliance.ResourceStatus) bool { return s.Role == "primary" })
+	f.startVRRP(1)
+	e.waitComplete(e.h1)
+	f.waitFor("hast2's keepalived in BACKUP after the sync", 20*time.Second, func() bool { return f.vrrpState(1) == "BACKUP" })
+	if st := e.status(e.h2); st.Role != "secondary" {
+		f.t.Fatalf("hast2 is %s, want secondary", st.Role)
+	}
+}
+
+// startClient starts the checker's writes from the client namespace through the service
+// address.
+func (f *failoverEnv) startClient() (*follower, *ackcheck.Checker, *load) {
+	f.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f.t.Cleanup(cancel)
+	fl := &follower{ns: f.seg.NS, addr: fmt.Sprintf("%s:%d", f.vip, nbdPort), born: map[int]time.Time{}, ctx: ctx}
+	v0 := f.volume(f.h1)
+	size := v0.Size()
+	v0.Close()
+	chk := f.checker(size)
+	return fl, chk, startLoad(chk, fl)
+}
+
 // delVIP removes the service address from node i, as the node's power loss would.
 func (f *failoverEnv) delVIP(i int) {
 	f.t.Helper()
@@ -543,4 +558,115 @@ type failoverRow struct {
 	fault             failoverFault
 	mode              string
 	vip, first, stall time.Duration
+}
+
+// failoverLog counts the lines of node i's `hast failover` log that contain s.
+func (f *failoverEnv) failoverLog(i int, s string) int {
+	b, _ := os.ReadFile(filepath.Join(f.vrrp[i].dir, "failover.log"))
+	return strings.Count(string(b), s)
+}
+
+// TestKeepalivedFencing: the two partial failures that would make two primaries, or a primary
+// with stale data, if VRRP alone decided (docs/failover.md, "Never two primaries").
+//
+// replication-cut: the replication link breaks while VRRP still sees both nodes. hast1 stays
+// MASTER and primary and acknowledges writes alone; hast2's check marks its copy outdated and
+// keepalived puts it in FAULT. When hast1 then dies, hast2 does not take over with its stale
+// copy; hast1 comes back, takes the address again and resynchronises hast2; nothing
+// acknowledged is lost.
+//
+// vrrp-split: hast1 is cut off the client segment (VRRP split) while replication works. hast2
+// becomes VRRP MASTER, but its notify script finds hast1 alive as primary on the replication
+// link and refuses; its check then fails and keepalived gives the address up. When the segment
+// heals, hast1 still holds the address and serves; nothing acknowledged is lost.
+func TestKeepalivedFencing(t *testing.T) {
+	t.Run("replication-cut", func(t *testing.T) {
+		f := newFailoverEnv(t, "fullsync")
+		e := f.env
+		f.pairByVRRP()
+		fl, chk, ld := f.startClient()
+		defer fl.close()
+		e.waitAcked(chk, 500, loadTimeout)
+		if err := e.net.Cut(faultnet.LinkDown); err != nil {
+			t.Fatal(err)
+		}
+		e.waitStatus(e.h1, "hast1 disconnected", 30*time.Second, func(s appliance.ResourceStatus) bool { return !s.Connected })
+		before := chk.Stats().Acked
+		e.waitAcked(chk, 500, loadTimeout) // acknowledged by hast1 alone
+		f.waitFor("hast2's keepalived in FAULT (outdated)", 30*time.Second, func() bool { return f.vrrpState(1) == "FAULT" })
+		if n := f.failoverLog(1, "secondary disconnected from its primary"); n == 0 {
+			t.Fatal("hast2's FAULT is not the outdated rule")
+		}
+		t.Logf("writes acknowledged by hast1 alone before it dies: at least %d", chk.Stats().Acked-before)
+
+		f.killVRRP(f.vrrp[0])
+		e.c.Kill(e.h1, syscall.SIGKILL)
+		f.delVIP(0)
+		// Progress, not time: hast2's check fails three more times with hast1 gone.
+		checks := f.failoverLog(1, "check failed")
+		f.waitFor("three more failed checks on hast2", 30*time.Second, func() bool { return f.failoverLog(1, "check failed") >= checks+3 })
+		if st := e.status(e.h2); st.Role != "secondary" || f.hasVIP(1) || f.vrrpState(1) != "FAULT" {
+			t.Fatalf("hast2 with an outdated copy: role %s, address %v, VRRP %s; want secondary, none, FAULT", st.Role, f.hasVIP(1), f.vrrpState(1))
+		}
+
+		// hast1 returns: it is the only node that may take the address.
+		if err := e.net.Heal(); err != nil {
+			t.Fatal(err)
+		}
+		e.start(e.h1)
+		f.startVRRP(0)
+		f.waitFor("hast1 holds the address again", 30*time.Second, func() bool { return f.hasVIP(0) })
+		e.waitStatus(e.h1, "hast1 primary and connected", 30*time.Second, func(s appliance.ResourceStatus) bool { return s.Role == "primary" && s.Connected })
+		e.waitAcked(chk, 300, loadTimeout)
+		ld.stop()
+		fl.close()
+		e.waitComplete(e.h1)
+		f.waitFor("hast2's keepalived back in BACKUP", 30*time.Second, func() bool { return f.vrrpState(1) == "BACKUP" })
+		vol := e.volume(e.h1)
+		defer vol.Close()
+		e.requireNoLoss(e.verify(chk, "hast1 after it came back", vol), "replication cut, then the primary died")
+		e.compareLocal()
+	})
+
+	t.Run("vrrp-split", func(t *testing.T) {
+		f := newFailoverEnv(t, "fullsync")
+		e := f.env
+		f.pairByVRRP()
+		fl, chk, ld := f.startClient()
+		defer fl.close()
+		e.waitAcked(chk, 500, loadTimeout)
+		if err := f.seg.Isolate(0); err != nil {
+			t.Fatal(err)
+		}
+		split := time.Now()
+		defer func() { t.Logf("VRRP split test from the split to the end: %v", time.Since(split).Round(time.Millisecond)) }()
+		f.waitFor("hast2 refuses to promote", 30*time.Second, func() bool { return f.failoverLog(1, "VRRP is split") > 0 })
+		f.waitFor("hast2's keepalived in FAULT", 30*time.Second, func() bool { return f.vrrpState(1) == "FAULT" })
+		if f.hasVIP(1) {
+			t.Fatal("hast2 in FAULT holds the address")
+		}
+		s1, s2 := e.status(e.h1), e.status(e.h2)
+		if s1.Role != "primary" || s2.Role != "secondary" || !s1.Connected {
+			t.Fatalf("during the VRRP split: hast1 %s (connected %v), hast2 %s; want one primary, connected", s1.Role, s1.Connected, s2.Role)
+		}
+		if err := f.seg.Rejoin(); err != nil {
+			t.Fatal(err)
+		}
+		healed := time.Now()
+		before := chk.Stats().Acked
+		e.waitAcked(chk, 300, loadTimeout)
+		t.Logf("client writing again through hast1 %v after the segment healed", time.Since(healed).Round(time.Millisecond))
+		f.waitFor("hast2's keepalived back in BACKUP", 30*time.Second, func() bool { return f.vrrpState(1) == "BACKUP" })
+		ld.stop()
+		fl.close()
+		if !f.hasVIP(0) || f.hasVIP(1) || e.status(e.h1).Role != "primary" || e.status(e.h2).Role != "secondary" {
+			t.Fatal("after the split: hast1 should hold the address and be primary, hast2 secondary")
+		}
+		t.Logf("writes after the segment healed: %d", chk.Stats().Acked-before)
+		e.waitComplete(e.h1)
+		vol := e.volume(e.h1)
+		defer vol.Close()
+		e.requireNoLoss(e.verify(chk, "hast1 after the split", vol), "VRRP split")
+		e.compareLocal()
+	})
 }
