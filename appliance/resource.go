@@ -529,7 +529,7 @@ func (r *resource) status() ResourceStatus {
 		s.Queue.Idle = replicate.MaxInflight - ps.Inflight
 	case RoleSecondary:
 		if md, err := blockdev.ReadMetadata(r.dev, r.name); err == nil {
-			s.Inconsistent = md.Inconsistent
+			s.Inconsistent = md.Inconsistent || fileExists(replicate.InconsistentMarkFile(r.d.opt.StateDir, r.name))
 		}
 		if secConnected {
 			// What this node knows itself: while it is the target of an unfinished
@@ -559,6 +559,9 @@ func (r *resource) checkConsistent() error {
 	}
 	if md.Inconsistent {
 		return fmt.Errorf("refusing to promote %s: this node's copy is inconsistent (a synchronisation from the peer did not finish); promote the peer, or use --force to accept a partly synchronised copy", r.cfg.Name)
+	}
+	if mark := replicate.InconsistentMarkFile(r.d.opt.StateDir, r.cfg.Name); fileExists(mark) {
+		return fmt.Errorf("refusing to promote %s: this node's disk failed writes the primary acknowledged and could not record it in its metadata (%s); promote the peer, or use --force", r.cfg.Name, mark)
 	}
 	return nil
 }

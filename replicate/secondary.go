@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -646,6 +647,9 @@ func (s *secondary) syncDone() error {
 	}
 	s.md.Inconsistent = false
 	if err := s.writeMetadataLocked(); err != nil {
+		return err
+	}
+	if err := os.Remove(InconsistentMarkFile(s.cfg.SplitBrainDir, s.cfg.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	s.log.Info().Msg("synchronisation complete: this copy is consistent")

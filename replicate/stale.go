@@ -3,6 +3,8 @@ package replicate
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"hast/blockdev"
 )
@@ -267,6 +269,8 @@ func (s *secondary) clearPrimaryStale(off, n int64) error {
 
 // markInconsistent records, before a failed write is answered, that our copy misses a write
 // the primary may acknowledge without us: no promotion until a synchronisation completes.
+// A disk that fails its metadata too gets the mark in the state directory instead
+// (InconsistentMarkFile), normally on another disk.
 func (s *secondary) markInconsistent() error {
 	s.mdMu.Lock()
 	defer s.mdMu.Unlock()
@@ -274,7 +278,49 @@ func (s *secondary) markInconsistent() error {
 		return nil
 	}
 	s.md.Inconsistent = true
-	return s.writeMetadataLocked()
+	err := s.writeMetadataLocked()
+	if err == nil {
+		return nil
+	}
+	if ferr := writeMarkFile(InconsistentMarkFile(s.cfg.SplitBrainDir, s.cfg.Name), err); ferr != nil {
+		return fmt.Errorf("%w; and in the state directory: %v", err, ferr)
+	}
+	s.log.Warn().Err(err).Str("mark", InconsistentMarkFile(s.cfg.SplitBrainDir, s.cfg.Name)).
+		Msg("cannot write metadata: the inconsistent mark is kept in the state directory")
+	return nil
+}
+
+// InconsistentMarkFile is where a secondary whose disk cannot take its metadata records that
+// its copy misses writes; promotion is refused while it exists.
+func InconsistentMarkFile(stateDir, resource string) string {
+	return filepath.Join(stateDir, resource+".inconsistent")
+}
+
+// writeMarkFile creates path durably (file and directory entry), saying why.
+func writeMarkFile(path string, why error) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "this copy misses writes the primary acknowledged; its metadata could not record it: %v\n", why)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (s *secondary) writeBitmapDurably(bm []byte) error {

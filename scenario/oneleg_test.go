@@ -93,64 +93,74 @@ func TestAckedWriteAtCutIsASplitBrain(t *testing.T) {
 	})
 }
 
-// TestSecondaryDiskErrors: hast2's disk fails every write for a while (EIO from the kernel,
-// through a fault-injecting FUSE file system), under load. hast2 marks its copy inconsistent
-// before it answers; hast1 keeps acknowledging, resynchronises while still connected once the
-// disk recovers, and hast2 is consistent again. A second fault window ends with hast1 killed:
-// hast2 must refuse promotion (its copy misses acknowledged writes), and hast1, restarted,
-// brings it up to date with nothing lost.
+// TestSecondaryDiskErrors: hast2's disk fails every write to its data area for a while (EIO
+// from the kernel, through a fault-injecting FUSE file system), under load. hast2 marks its
+// copy inconsistent before it answers; hast1 keeps acknowledging, resynchronises while still
+// connected once the disk recovers, and hast2 is consistent again. A second fault window ends
+// with hast1 killed: hast2 must refuse promotion (its copy misses acknowledged writes), and
+// hast1, restarted, brings it up to date with nothing lost.
 func TestSecondaryDiskErrors(t *testing.T) {
 	forEachConfig(t, []string{"fullsync", "memsync", async}, func(t *testing.T, mode, lio string) {
-		e := newEnv(t, envOptions{mode: mode})
-		e.localIO(lio)
-		disk := e.faultDisk(e.h2)
-		// The data area fails; the metadata block and bitmap, where hast2 records that it
-		// missed writes, do not (see the sibling table in docs/RELIABILITY.md for a disk that
-		// fails whole).
-		dataOff := e.dataOffset(e.h2)
-		e.pair()
-		vol, chk, ld := e.loadOn(e.h1, 300)
-
-		disk.FailWrites(syscall.EIO, dataOff)
-		e.waitStatus(e.h2, "inconsistent", time.Minute, func(s appliance.ResourceStatus) bool { return s.Inconsistent })
-		e.waitAcked(chk, 200, loadTimeout)
-		disk.FailWrites(0, 0)
-		t0 := time.Now()
-		e.waitAcked(chk, 100, loadTimeout)
-		ld.stop()
-		st := e.waitStatus(e.h1, "resynchronised while connected", time.Minute, func(s appliance.ResourceStatus) bool {
-			return s.Status == "complete" && s.Dirty == 0
-		})
-		took := time.Since(t0)
-		if !st.Connected {
-			t.Fatalf("hast1 is not connected: %+v", st)
-		}
-		e.waitStatus(e.h2, "consistent again", 10*time.Second, func(s appliance.ResourceStatus) bool { return !s.Inconsistent })
-		e.requireNoLoss(e.verifyLocal(chk, e.h2), "hast2 after the resync")
-
-		ld = startLoad(chk, vol)
-		e.waitAcked(chk, 200, loadTimeout)
-		disk.FailWrites(syscall.EIO, dataOff)
-		e.waitStatus(e.h2, "inconsistent", time.Minute, func(s appliance.ResourceStatus) bool { return s.Inconsistent })
-		e.waitAcked(chk, 100, loadTimeout)
-		e.c.Kill(e.h1, syscall.SIGKILL)
-		ld.stop()
-		vol.Close()
-		if err := e.c.Role(e.h2, "primary", res); err == nil {
-			t.Fatal("hast2 was promoted although its disk failed writes that hast1 acknowledged")
-		}
-		disk.FailWrites(0, 0)
-		e.start(e.h1)
-		e.role(e.h1, "primary")
-		e.waitComplete(e.h1)
-		vol = e.volume(e.h1)
-		defer vol.Close()
-		e.requireNoLoss(e.verify(chk, "hast1's volume", vol), "hast1 after the restart")
-		e.requireNoLoss(e.verifyLocal(chk, e.h2), "hast2 after the resync")
-		e.compareLocal()
-		record(row{order: 6, scenario: fmt.Sprintf("secondary's disk fails writes (EIO, FUSE), recovers; then again and the primary is killed (promotion of hast2 refused), local-io %s", lio),
-			mode: mode, acked: chk.Stats().Acked, lost: "0", resynced: bytesStr(int64(synced(st))), took: took.Round(time.Millisecond).String()})
+		secondaryDiskErrors(t, mode, lio, false)
 	})
+}
+
+// TestSecondaryWholeDiskErrors: as TestSecondaryDiskErrors, but every write fails, hast2's
+// metadata included: hast2 keeps its mark in its state directory instead.
+func TestSecondaryWholeDiskErrors(t *testing.T) {
+	forEachConfig(t, []string{"fullsync"}, func(t *testing.T, mode, lio string) {
+		secondaryDiskErrors(t, mode, lio, true)
+	})
+}
+
+func secondaryDiskErrors(t *testing.T, mode, lio string, whole bool) {
+	e := newEnv(t, envOptions{mode: mode})
+	e.localIO(lio)
+	disk := e.faultDisk(e.h2)
+	from, what := e.dataOffset(e.h2), "its data area fails writes"
+	if whole {
+		from, what = 0, "every write fails, metadata included"
+	}
+	e.pair()
+	vol, chk, ld := e.loadOn(e.h1, 300)
+
+	disk.FailWrites(syscall.EIO, from)
+	e.waitStatus(e.h2, "inconsistent", time.Minute, func(s appliance.ResourceStatus) bool { return s.Inconsistent })
+	e.waitAcked(chk, 200, loadTimeout)
+	disk.FailWrites(0, 0)
+	t0 := time.Now()
+	e.waitAcked(chk, 100, loadTimeout)
+	ld.stop()
+	st := e.waitStatus(e.h1, "resynchronised", time.Minute, func(s appliance.ResourceStatus) bool {
+		return s.Connected && s.Status == "complete" && s.Dirty == 0
+	})
+	took := time.Since(t0)
+	e.waitStatus(e.h2, "consistent again", 10*time.Second, func(s appliance.ResourceStatus) bool { return !s.Inconsistent })
+	e.requireNoLoss(e.verifyLocal(chk, e.h2), "hast2 after the resync")
+
+	ld = startLoad(chk, vol)
+	e.waitAcked(chk, 200, loadTimeout)
+	disk.FailWrites(syscall.EIO, from)
+	e.waitStatus(e.h2, "inconsistent", time.Minute, func(s appliance.ResourceStatus) bool { return s.Inconsistent })
+	e.waitAcked(chk, 100, loadTimeout)
+	e.c.Kill(e.h1, syscall.SIGKILL)
+	ld.stop()
+	vol.Close()
+	if err := e.c.Role(e.h2, "primary", res); err == nil {
+		t.Fatal("hast2 was promoted although its disk failed writes that hast1 acknowledged")
+	}
+	disk.FailWrites(0, 0)
+	e.start(e.h1)
+	e.role(e.h1, "primary")
+	e.waitComplete(e.h1)
+	e.waitStatus(e.h2, "consistent again", 10*time.Second, func(s appliance.ResourceStatus) bool { return !s.Inconsistent })
+	vol = e.volume(e.h1)
+	defer vol.Close()
+	e.requireNoLoss(e.verify(chk, "hast1's volume", vol), "hast1 after the restart")
+	e.requireNoLoss(e.verifyLocal(chk, e.h2), "hast2 after the resync")
+	e.compareLocal()
+	record(row{order: 6, scenario: fmt.Sprintf("secondary's disk: %s (EIO, FUSE), recovers; again, and the primary is killed (promotion of hast2 refused), local-io %s", what, lio),
+		mode: mode, acked: chk.Stats().Acked, lost: "0", resynced: bytesStr(int64(synced(st))), took: took.Round(time.Millisecond).String()})
 }
 
 // TestPrimaryFilesystemTurnsReadOnly: the ext4 under hast1's component records an error and
