@@ -3,6 +3,7 @@ package scenario
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -88,8 +89,36 @@ func TestAckedWriteAtCutIsASplitBrain(t *testing.T) {
 		if _, err := vol1.ReadAt(got, off); err != nil || !bytes.Equal(got, x) {
 			t.Fatalf("hast1 lost its acknowledged write (err %v, first byte %#x)", err, got[0])
 		}
-		record(row{order: 5, scenario: "write acknowledged at a silent cut (remote leg timed out), peer promoted and written: split-brain found, local-io " + lio,
-			mode: mode, acked: 1, lost: "0", resynced: "— (refused)", took: "—"})
+
+		// The operator keeps hast1's data: hast2 saves what it wrote alone and takes hast1's.
+		cl, err := e.c.Client(e.h1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := cl.SplitBrain(res)
+		if err != nil || rep == nil || len(rep.Local) == 0 || len(rep.Remote) == 0 {
+			t.Fatalf("split-brain report on hast1: %+v, %v", rep, err)
+		}
+		before := synced(e.status(e.h1))
+		t0 = time.Now()
+		if code := e.c.CLI(e.h1, "resolve", "--keep", "local", res); code != 0 {
+			t.Fatalf("hast resolve --keep local: exit %d\n%s", code, e.out)
+		}
+		e.waitComplete(e.h1)
+		took := time.Since(t0)
+		saved := e.status(e.h2).LastSaved
+		if saved == "" {
+			t.Fatal("hast2 did not say where it saved its side of the split-brain")
+		}
+		if err := readFileAt(saved, got, off); err != nil || !bytes.Equal(got, y) {
+			t.Fatalf("hast2's saved side lacks its write (err %v, first byte %#x)", err, got[0])
+		}
+		e.compareLocal()
+		if _, err := vol1.ReadAt(got, off); err != nil || !bytes.Equal(got, x) {
+			t.Fatalf("hast1 lost its write in the resolution (err %v, first byte %#x)", err, got[0])
+		}
+		record(row{order: 5, scenario: fmt.Sprintf("write acknowledged at a silent cut (remote leg timed out), peer promoted and written: split-brain found (extents changed: %d here, %d on the peer), resolved keeping hast1, the peer's side saved, local-io %s", len(rep.Local), len(rep.Remote), lio),
+			mode: mode, acked: 1, lost: "0", resynced: bytesStr(int64(synced(e.status(e.h1)) - before)), took: took.Round(time.Millisecond).String()})
 	})
 }
 
@@ -202,4 +231,15 @@ func TestPrimaryFilesystemTurnsReadOnly(t *testing.T) {
 		record(row{order: 7, scenario: "primary's ext4 turns read-only under load; repaired, restarted as primary: stale extents pulled from the secondary, local-io " + lio,
 			mode: mode, acked: chk.Stats().Acked, lost: "0", resynced: bytesStr(int64(synced(e.status(e.h1)))), took: took.Round(time.Millisecond).String()})
 	})
+}
+
+// readFileAt fills b from the file at path at offset off.
+func readFileAt(path string, b []byte, off int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.ReadAt(b, off)
+	return err
 }
