@@ -425,7 +425,6 @@ func keepalivedFailover(t *testing.T, fault failoverFault, mode string) failover
 	e := f.env
 	f.pairByVRRP()
 	fl, chk, ld := f.startClient()
-	defer fl.close()
 	e.waitAcked(chk, 1000, loadTimeout)
 	if st := e.status(e.h1); !st.Connected || st.Syncing {
 		t.Fatalf("hast1 before the fault: connected %v, syncing %v", st.Connected, st.Syncing)
@@ -537,13 +536,16 @@ func (f *failoverEnv) pairByVRRP() {
 func (f *failoverEnv) startClient() (*follower, *ackcheck.Checker, *load) {
 	f.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	f.t.Cleanup(cancel)
 	fl := &follower{ns: f.seg.NS, addr: fmt.Sprintf("%s:%d", f.vip, nbdPort), born: map[int]time.Time{}, ctx: ctx}
+	f.t.Cleanup(fl.close)
+	f.t.Cleanup(cancel)
 	v0 := f.volume(f.h1)
 	size := v0.Size()
 	v0.Close()
 	chk := f.checker(size)
-	return fl, chk, startLoad(chk, fl)
+	ld := startLoad(chk, fl)
+	f.t.Cleanup(func() { ld.stop() }) // first of these (cleanups run last-in first-out)
+	return fl, chk, ld
 }
 
 // delVIP removes the service address from node i, as the node's power loss would.
@@ -558,6 +560,16 @@ type failoverRow struct {
 	fault             failoverFault
 	mode              string
 	vip, first, stall time.Duration
+}
+
+// newLoadedPair is a fullsync pair made by keepalived with the client writing through the
+// service address (500 writes acknowledged).
+func newLoadedPair(t *testing.T) (*failoverEnv, *follower, *ackcheck.Checker, *load) {
+	f := newFailoverEnv(t, "fullsync")
+	f.pairByVRRP()
+	fl, chk, ld := f.startClient()
+	f.waitAcked(chk, 500, loadTimeout)
+	return f, fl, chk, ld
 }
 
 // failoverLog counts the lines of node i's `hast failover` log that contain s.
@@ -581,12 +593,8 @@ func (f *failoverEnv) failoverLog(i int, s string) int {
 // heals, hast1 still holds the address and serves; nothing acknowledged is lost.
 func TestKeepalivedFencing(t *testing.T) {
 	t.Run("replication-cut", func(t *testing.T) {
-		f := newFailoverEnv(t, "fullsync")
+		f, fl, chk, ld := newLoadedPair(t)
 		e := f.env
-		f.pairByVRRP()
-		fl, chk, ld := f.startClient()
-		defer fl.close()
-		e.waitAcked(chk, 500, loadTimeout)
 		if err := e.net.Cut(faultnet.LinkDown); err != nil {
 			t.Fatal(err)
 		}
@@ -629,17 +637,11 @@ func TestKeepalivedFencing(t *testing.T) {
 	})
 
 	t.Run("vrrp-split", func(t *testing.T) {
-		f := newFailoverEnv(t, "fullsync")
+		f, fl, chk, ld := newLoadedPair(t)
 		e := f.env
-		f.pairByVRRP()
-		fl, chk, ld := f.startClient()
-		defer fl.close()
-		e.waitAcked(chk, 500, loadTimeout)
 		if err := f.seg.Isolate(0); err != nil {
 			t.Fatal(err)
 		}
-		split := time.Now()
-		defer func() { t.Logf("VRRP split test from the split to the end: %v", time.Since(split).Round(time.Millisecond)) }()
 		f.waitFor("hast2 refuses to promote", 30*time.Second, func() bool { return f.failoverLog(1, "VRRP is split") > 0 })
 		f.waitFor("hast2's keepalived in FAULT", 30*time.Second, func() bool { return f.vrrpState(1) == "FAULT" })
 		if f.hasVIP(1) {
