@@ -126,7 +126,7 @@ func (c *CLI) failover(args []string) error {
 	cm.fs.DurationVar(&f.outdateAfter, "outdate-after", 3*time.Second, "a secondary disconnected from its primary for longer must not be promoted (it may miss writes the primary acknowledged alone)")
 	if sub == "notify" {
 		cm.fs.StringVar(&f.up, "up", "", "shell command run after every resource is primary (assemble the pool, mount); its failure demotes again")
-		cm.fs.StringVar(&f.down, "down", "", "shell command run before demotion (unmount, stop the pool); demotion goes ahead if it fails")
+		cm.fs.StringVar(&f.down, "down", "", "shell command run before every demotion, also with the daemon down (unmount, stop the pool; must be idempotent); demotion goes ahead if it fails")
 		cm.fs.DurationVar(&f.peerWait, "peer-wait", 3*time.Second, "how long MASTER waits for a primary still reachable on the replication link to demote before refusing")
 	}
 	if err := cm.parse(args[1:]); err != nil {
@@ -472,18 +472,11 @@ func (f *failoverCmd) refuse(name, why string, promoted []string) error {
 }
 
 // demote runs --down and makes every resource secondary. Forced: the address has left (or is
-// leaving) this node, and a primary without the address is how two primaries happen.
+// leaving) this node, and a primary without the address is how two primaries happen. --down
+// runs every time, also when the daemon does not answer (the pool on top of a dead daemon must
+// be stopped too), so it must be idempotent.
 func (f *failoverCmd) demote(state vrrpState) error {
-	st, err := f.cl.Status()
-	if err != nil {
-		f.logf("%s: %v", state, err)
-		return exitErr(exUnavailable, errQuiet)
-	}
-	anyPrimary := false
-	for _, s := range st {
-		anyPrimary = anyPrimary || s.Role == RolePrimary.String()
-	}
-	if anyPrimary && f.down != "" {
+	if f.down != "" {
 		if err := f.shell("down", f.down); err != nil {
 			f.logf("%s: --down failed (%v); demoting anyway", state, err)
 		}

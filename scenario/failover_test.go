@@ -106,6 +106,15 @@ func newFailoverEnv(t *testing.T, mode string) *failoverEnv {
 		v := &vrrpNode{i: i, ns: e.net.NS[i], dir: n.Dir}
 		v.conf = filepath.Join(n.Dir, "keepalived.conf")
 		hast := fmt.Sprintf("%s failover %%s -c %s --node %s --log %s", hastBin, e.c.Conf, n.Name, filepath.Join(n.Dir, "failover.log"))
+		// The pool hooks stand for mdadm --assemble + mount and umount + mdadm --stop: a file
+		// that exists while the node's "pool" is up.
+		up, down := filepath.Join(n.Dir, "pool-up.sh"), filepath.Join(n.Dir, "pool-down.sh")
+		for p, body := range map[string]string{up: "touch " + f.poolFile(i), down: "rm -f " + f.poolFile(i)} {
+			if err := os.WriteFile(p, []byte("#!/bin/sh\nset -e\n"+body+"\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		notify := fmt.Sprintf(hast, "notify") + " --up " + up + " --down " + down
 		conf := fmt.Sprintf(`global_defs {
 	router_id %[1]s
 	script_user root
@@ -134,7 +143,7 @@ vrrp_instance hast {
 	}
 	notify "%[5]s"
 }
-`, n.Name, fmt.Sprintf(hast, "check"), seg.Link[i], f.vip, fmt.Sprintf(hast, "notify"))
+`, n.Name, fmt.Sprintf(hast, "check"), seg.Link[i], f.vip, notify)
 		if err := os.WriteFile(v.conf, []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -153,6 +162,14 @@ vrrp_instance hast {
 		}
 	})
 	return f
+}
+
+// poolFile exists while node i's notify hooks say its pool is up.
+func (f *failoverEnv) poolFile(i int) string { return filepath.Join(f.nodes[i].Dir, "pool-is-up") }
+
+func (f *failoverEnv) poolUp(i int) bool {
+	_, err := os.Stat(f.poolFile(i))
+	return err == nil
 }
 
 func tail(b []byte) string {
@@ -452,6 +469,7 @@ func keepalivedFailover(t *testing.T, fault failoverFault, mode string) failover
 	tVIP := f.waitFor("hast2 holds the address", 30*time.Second, func() bool { return f.hasVIP(1) })
 	e.waitStatus(e.h2, "hast2 primary", 30*time.Second, func(s appliance.ResourceStatus) bool { return s.Role == "primary" })
 	e.waitAcked(chk, 300, loadTimeout)
+	f.waitFor("hast2's pool up (--up ran)", 10*time.Second, func() bool { return f.poolUp(1) })
 	first, stall := fl.afterFault(t0)
 	if first.IsZero() {
 		t.Fatal("no write acknowledged on a connection made after the fault")
@@ -462,6 +480,7 @@ func keepalivedFailover(t *testing.T, fault failoverFault, mode string) failover
 		if f.hasVIP(0) {
 			t.Fatal("hast1 in FAULT still holds the address")
 		}
+		f.waitFor("hast1's pool down (--down ran with the daemon dead)", 10*time.Second, func() bool { return !f.poolUp(0) })
 	}
 	t.Logf("%s/%s: address on hast2 after %v, first write acknowledged by hast2 after %v, longest write stall %v",
 		fault, mode, tVIP.Sub(t0).Round(time.Millisecond), first.Sub(t0).Round(time.Millisecond), stall.Round(time.Millisecond))
@@ -496,6 +515,9 @@ func keepalivedFailover(t *testing.T, fault failoverFault, mode string) failover
 		t.Fatalf("after the rejoin: address on hast1 %v, on hast2 %v; want hast2 only", f.hasVIP(0), f.hasVIP(1))
 	}
 	f.waitFor("hast1's keepalived in BACKUP", 20*time.Second, func() bool { return f.vrrpState(0) == "BACKUP" })
+	if f.poolUp(0) || !f.poolUp(1) {
+		t.Fatalf("after the rejoin: pool up on hast1 %v, on hast2 %v; want hast2 only", f.poolUp(0), f.poolUp(1))
+	}
 
 	vol := e.volume(e.h2)
 	defer vol.Close()
