@@ -66,20 +66,33 @@ func UpperBound(i int) time.Duration {
 // Quantile estimates the q-quantile (0..1) as the upper bound of the bucket holding it, so
 // the estimate is never below the true value and at most twice it.
 func (s Snapshot) Quantile(q float64) time.Duration {
-	n := s.Count()
-	if n == 0 {
+	i := QuantileBucket(s.Counts[:], q)
+	if i < 0 {
 		return 0
+	}
+	return UpperBound(i)
+}
+
+// QuantileBucket returns the index of the bucket of counts that holds the q-quantile (0..1), or
+// -1 when counts are all zero.
+func QuantileBucket(counts []uint64, q float64) int {
+	var n uint64
+	for _, c := range counts {
+		n += c
+	}
+	if n == 0 {
+		return -1
 	}
 	rank := uint64(q*float64(n) + 0.5)
 	if rank < 1 {
 		rank = 1
 	}
 	var seen uint64
-	for i, c := range s.Counts {
+	for i, c := range counts {
 		seen += c
 		if seen >= rank {
-			return UpperBound(i)
+			return i
 		}
 	}
-	return UpperBound(Buckets - 1)
+	return len(counts) - 1
 }

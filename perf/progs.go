@@ -1,0 +1,361 @@
+package perf
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+)
+
+// The programs are written with cilium/ebpf's asm package, so building needs no clang. R6–R9
+// survive helper calls; R1–R5 are scratch; R10 is the frame pointer (stack below it).
+
+// observe adds the value in vReg (nanoseconds) to probe p's histogram and its sum, and bReg (if
+// not R0) to its bytes. It clobbers R1–R5 and calls no helper.
+func observe(l string, hists int, p Probe, vReg, bReg asm.Register) asm.Instructions {
+	in := asm.Instructions{
+		asm.Mov.Reg(asm.R1, vReg),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.R1),
+	}
+	// R2 = floor(log2(v)), without loops: six halving steps.
+	for _, s := range []int32{32, 16, 8, 4, 2, 1} {
+		skip := fmt.Sprintf("%s_l%d", l, s)
+		in = append(in,
+			asm.Mov.Reg(asm.R4, asm.R3),
+			asm.RSh.Imm(asm.R4, s),
+			asm.JEq.Imm(asm.R4, 0, skip),
+			asm.Mov.Reg(asm.R3, asm.R4),
+			asm.Add.Imm(asm.R2, s),
+			asm.Mov.Imm(asm.R5, 0).WithSymbol(skip), // no-op carrying the label
+		)
+	}
+	in = append(in,
+		asm.JLT.Imm(asm.R1, 1<<(SubBits+1), l+"_small"),
+		asm.Sub.Imm(asm.R2, SubBits), // shift
+		asm.Mov.Reg(asm.R3, asm.R1),
+		asm.RSh.Reg(asm.R3, asm.R2), // top SubBits+1 bits
+		asm.LSh.Imm(asm.R2, SubBits),
+		asm.Add.Reg(asm.R2, asm.R3),
+		asm.Ja.Label(l+"_have"),
+		asm.Mov.Reg(asm.R2, asm.R1).WithSymbol(l+"_small"),
+		asm.JLE.Imm(asm.R2, Buckets-1, l+"_add").WithSymbol(l+"_have"),
+		asm.Mov.Imm(asm.R2, Buckets-1),
+		asm.LSh.Imm(asm.R2, 3).WithSymbol(l+"_add"),
+		asm.LoadMapValue(asm.R5, hists, histOff(p, 0)),
+		asm.Add.Reg(asm.R5, asm.R2),
+		asm.Mov.Imm(asm.R4, 1),
+		asm.AddAtomic.Mem(asm.R5, asm.R4, asm.DWord, 0),
+		asm.LoadMapValue(asm.R5, hists, histOff(p, slotSum)),
+		asm.AddAtomic.Mem(asm.R5, asm.R1, asm.DWord, 0),
+	)
+	if bReg != asm.R0 {
+		in = append(in,
+			asm.LoadMapValue(asm.R5, hists, histOff(p, slotByte)),
+			asm.AddAtomic.Mem(asm.R5, bReg, asm.DWord, 0),
+		)
+	}
+	return in
+}
+
+// bump adds one to the u64 at byte offset off of the histogram array. Clobbers R4, R5.
+func bump(hists int, off uint32) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapValue(asm.R5, hists, off),
+		asm.Mov.Imm(asm.R4, 1),
+		asm.AddAtomic.Mem(asm.R5, asm.R4, asm.DWord, 0),
+	}
+}
+
+var exit = asm.Instructions{
+	asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
+	asm.Return(),
+}
+
+// fp points R to the stack slot at off below the frame pointer.
+func fp(r asm.Register, off int16) asm.Instructions {
+	return asm.Instructions{asm.Mov.Reg(r, asm.RFP), asm.Add.Imm(r, int32(off))}
+}
+
+// call calls a map helper on map m with the key at stack offset key and, if val is not 0, the
+// value at stack offset val (update with BPF_ANY).
+func call(fn asm.BuiltinFunc, m int, key, val int16) asm.Instructions {
+	in := asm.Instructions{asm.LoadMapPtr(asm.R1, m)}
+	in = append(in, fp(asm.R2, key)...)
+	if val != 0 {
+		in = append(in, fp(asm.R3, val)...)
+		in = append(in, asm.Mov.Imm(asm.R4, 0))
+	}
+	return append(in, fn.Call())
+}
+
+// stamp stores the current time at stack offset val and puts the value under the key at
+// stack offset key into map m.
+func stamp(m int, key, val int16) asm.Instructions {
+	in := asm.Instructions{
+		asm.FnKtimeGetNs.Call(),
+		asm.StoreMem(asm.RFP, val, asm.R0, asm.DWord),
+	}
+	return append(in, call(asm.FnMapUpdateElem, m, key, val)...)
+}
+
+// take looks up the start stored under the key at stack offset key in map m, exits if there is
+// none, and otherwise deletes it, leaving the time since in R9 and, with second, the value's
+// second u64 in R8. Clobbers R0–R5 and R7.
+func take(m int, key int16, second bool) asm.Instructions {
+	in := call(asm.FnMapLookupElem, m, key, 0)
+	in = append(in,
+		asm.JEq.Imm(asm.R0, 0, "exit"),
+		asm.LoadMem(asm.R7, asm.R0, 0, asm.DWord),
+	)
+	if second {
+		in = append(in, asm.LoadMem(asm.R8, asm.R0, 8, asm.DWord))
+	}
+	in = append(in,
+		asm.FnKtimeGetNs.Call(),
+		asm.Sub.Reg(asm.R0, asm.R7),
+		asm.Mov.Reg(asm.R9, asm.R0),
+	)
+	return append(in, call(asm.FnMapDeleteElem, m, key, 0)...)
+}
+
+// dispatch counts R9 into probe p's histogram when pReg holds p, or an error when errReg
+// says so (errNonNeg: the error is errReg < 0; else errReg != 0); bytes from bReg unless R0.
+func dispatch(hists int, pReg asm.Register, probes []Probe, errReg asm.Register, errNeg bool, bytes func(Probe) asm.Register) asm.Instructions {
+	var in asm.Instructions
+	for _, p := range probes {
+		l := fmt.Sprintf("p%d", p)
+		in = append(in, asm.JNE.Imm(pReg, int32(p), l+"_next"))
+		if errNeg {
+			in = append(in, asm.JSGE.Imm(errReg, 0, l+"_ok"))
+		} else {
+			in = append(in, asm.JEq.Imm(errReg, 0, l+"_ok"))
+		}
+		in = append(in, bump(hists, histOff(p, slotErr))...)
+		in = append(in, asm.Ja.Label("exit"))
+		ob := observe(l, hists, p, asm.R9, bytes(p))
+		ob[0] = ob[0].WithSymbol(l + "_ok")
+		in = append(in, ob...)
+		in = append(in,
+			asm.Ja.Label("exit"),
+			asm.Mov.Imm(asm.R5, 0).WithSymbol(l+"_next"),
+		)
+	}
+	return in
+}
+
+// syscall classes: which probe a system call counts in, and whether its result is bytes.
+type sysClass struct {
+	probe Probe
+	bytes bool
+	nrs   []int
+}
+
+var sysClasses = []sysClass{
+	{SysPwrite, true, []int{unix.SYS_PWRITE64, unix.SYS_PWRITEV, unix.SYS_PWRITEV2}},
+	{SysPread, true, []int{unix.SYS_PREAD64, unix.SYS_PREADV, unix.SYS_PREADV2}},
+	{SysFsync, false, []int{unix.SYS_FSYNC, unix.SYS_FDATASYNC}},
+	{SysURing, false, []int{unix.SYS_IO_URING_ENTER}},
+	{SysSend, true, []int{unix.SYS_WRITE, unix.SYS_WRITEV, unix.SYS_SENDMSG, unix.SYS_SENDTO}},
+	{SysRecv, true, []int{unix.SYS_READ, unix.SYS_READV, unix.SYS_RECVMSG, unix.SYS_RECVFROM}},
+}
+
+// ifDaemon keeps the context in R6, stores pid_tgid at stack offset -8 and exits unless the
+// current task belongs to the daemon.
+func ifDaemon(tgid uint32) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.FnGetCurrentPidTgid.Call(),
+		asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord),
+		asm.RSh.Imm(asm.R0, 32),
+		asm.JNE.Imm(asm.R0, int32(tgid), "exit"),
+	}
+}
+
+// sysEnter (raw tracepoint sys_enter: args[0] regs, args[1] syscall number) stores
+// {now, probe} under pid_tgid for the daemon's tracked system calls.
+func sysEnter(tgid uint32, start int) asm.Instructions {
+	in := append(ifDaemon(tgid), asm.LoadMem(asm.R2, asm.R6, 8, asm.DWord))
+	for _, c := range sysClasses {
+		for _, nr := range c.nrs {
+			next := fmt.Sprintf("nr%d", nr)
+			in = append(in,
+				asm.JNE.Imm(asm.R2, int32(nr), next),
+				asm.Mov.Imm(asm.R8, int32(c.probe)),
+				asm.Ja.Label("store"),
+				asm.Mov.Imm(asm.R5, 0).WithSymbol(next),
+			)
+		}
+	}
+	in = append(in,
+		asm.Ja.Label("exit"),
+		asm.StoreMem(asm.RFP, -16, asm.R8, asm.DWord).WithSymbol("store"),
+	)
+	in = append(in, stamp(start, -8, -24)...)
+	return append(in, exit...)
+}
+
+// sysExit (raw tracepoint sys_exit: args[1] the return value) takes the start stored by
+// sysEnter and counts the latency and bytes, or the error.
+func sysExit(tgid uint32, start, hists int) asm.Instructions {
+	in := append(ifDaemon(tgid), asm.LoadMem(asm.R6, asm.R6, 8, asm.DWord)) // R6 = ret
+	in = append(in, take(start, -8, true)...)
+	var probes []Probe
+	moves := map[Probe]bool{}
+	for _, c := range sysClasses {
+		probes = append(probes, c.probe)
+		moves[c.probe] = c.bytes
+	}
+	in = append(in, dispatch(hists, asm.R8, probes, asm.R6, true, func(p Probe) asm.Register {
+		if moves[p] {
+			return asm.R6
+		}
+		return asm.R0
+	})...)
+	return append(in, exit...)
+}
+
+// blockFields are the offsets of the block_rq_issue / block_rq_complete tracepoint records.
+type blockFields struct {
+	dev, sector, bytes, rwbs int16 // issue
+	cdev, csector, cerror    int16 // complete
+}
+
+// blockKey stores (dev, sector) of the record in R6 at stack offset -16.
+func blockKey(dev, sector int16) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, dev, asm.Word),
+		asm.StoreMem(asm.RFP, -16, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, sector, asm.DWord),
+		asm.StoreMem(asm.RFP, -8, asm.R2, asm.DWord),
+	}
+}
+
+// blockIssue (tracepoint block:block_rq_issue) stores {now, probe | bytes<<32} under
+// (dev, sector) for requests on the devices in the devs map.
+func blockIssue(f blockFields, devs, start int) asm.Instructions {
+	in := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, f.dev, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+	}
+	in = append(in, call(asm.FnMapLookupElem, devs, -4, 0)...)
+	in = append(in, asm.JEq.Imm(asm.R0, 0, "exit"))
+	in = append(in, blockKey(f.dev, f.sector)...)
+	in = append(in,
+		// rwbs: an optional leading F (preflush), then the operation.
+		asm.LoadMem(asm.R3, asm.R6, f.rwbs, asm.Byte),
+		asm.JNE.Imm(asm.R3, 'F', "op"),
+		asm.LoadMem(asm.R3, asm.R6, f.rwbs+1, asm.Byte),
+		asm.Mov.Imm(asm.R8, int32(BlockWrite)).WithSymbol("op"),
+		asm.JEq.Imm(asm.R3, 'W', "class"),
+		asm.Mov.Imm(asm.R8, int32(BlockRead)),
+		asm.JEq.Imm(asm.R3, 'R', "class"),
+		asm.Mov.Imm(asm.R8, int32(BlockDiscard)),
+		asm.JEq.Imm(asm.R3, 'D', "class"),
+		asm.Mov.Imm(asm.R8, int32(BlockFlush)),
+		asm.LoadMem(asm.R3, asm.R6, f.bytes, asm.Word).WithSymbol("class"),
+		asm.LSh.Imm(asm.R3, 32),
+		asm.Or.Reg(asm.R8, asm.R3),
+		asm.StoreMem(asm.RFP, -24, asm.R8, asm.DWord),
+	)
+	in = append(in, stamp(start, -16, -32)...)
+	return append(in, exit...)
+}
+
+// blockComplete (tracepoint block:block_rq_complete) counts the request stored by blockIssue.
+func blockComplete(f blockFields, start, hists int) asm.Instructions {
+	in := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	in = append(in, blockKey(f.cdev, f.csector)...)
+	in = append(in, asm.LoadMem(asm.R6, asm.R6, f.cerror, asm.Word))
+	in = append(in, take(start, -16, true)...)
+	in = append(in,
+		asm.Mov.Reg(asm.R7, asm.R8),
+		asm.And.Imm(asm.R7, 0xff), // probe
+		asm.RSh.Imm(asm.R8, 32),   // bytes
+	)
+	in = append(in, dispatch(hists, asm.R7, []Probe{BlockWrite, BlockRead, BlockFlush, BlockDiscard}, asm.R6, false,
+		func(Probe) asm.Register { return asm.R8 })...)
+	return append(in, exit...)
+}
+
+// taskFields are offsets in struct task_struct, from the kernel's BTF.
+type taskFields struct{ pid, tgid int16 }
+
+// ifDaemonThread jumps to skip unless the task_struct in R7 belongs to the daemon, and stores
+// its thread id at stack offset -4.
+func ifDaemonThread(tgid uint32, t taskFields, skip string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R7, t.tgid, asm.Word),
+		asm.JNE.Imm(asm.R2, int32(tgid), skip),
+		asm.LoadMem(asm.R2, asm.R7, t.pid, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+	}
+}
+
+// wakeup (BTF tracepoints sched_wakeup and sched_wakeup_new, args[0] the task) starts the
+// wait of a daemon thread made runnable.
+func wakeup(tgid uint32, t taskFields, runq int) asm.Instructions {
+	in := asm.Instructions{asm.LoadMem(asm.R7, asm.R1, 0, asm.DWord)}
+	in = append(in, ifDaemonThread(tgid, t, "exit")...)
+	in = append(in, stamp(runq, -4, -16)...)
+	return append(in, exit...)
+}
+
+// switchIn (BTF tracepoint sched_switch(preempt, prev, next, prev_state)): a daemon thread
+// preempted while runnable starts waiting again; a daemon thread switched in stops waiting.
+func switchIn(tgid uint32, t taskFields, runq, hists int) asm.Instructions {
+	in := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, 24, asm.DWord), // prev_state
+		asm.JNE.Imm(asm.R2, 0, "next"),
+		asm.LoadMem(asm.R7, asm.R6, 8, asm.DWord), // prev
+	}
+	in = append(in, ifDaemonThread(tgid, t, "next")...)
+	in = append(in, stamp(runq, -4, -16)...)
+	in = append(in, asm.LoadMem(asm.R7, asm.R6, 16, asm.DWord).WithSymbol("next"))
+	in = append(in, ifDaemonThread(tgid, t, "exit")...)
+	in = append(in, take(runq, -4, false)...)
+	in = append(in, observe("rq", hists, RunQueue, asm.R9, asm.R0)...)
+	return append(in, exit...)
+}
+
+// tcpFields are offsets in the tcp tracepoints' records (ports in host order).
+type tcpFields struct {
+	rsport, rdport int16 // tcp_retransmit_skb
+	psport, pdport int16 // tcp_probe
+	srtt           int16 // tcp_probe, microseconds
+}
+
+// portMatch jumps to "match" when the u16 at sport or dport of R6's record is in ports, and
+// exits otherwise.
+func portMatch(ports int, sport, dport int16) asm.Instructions {
+	in := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	for _, off := range []int16{sport, dport} {
+		in = append(in,
+			asm.LoadMem(asm.R2, asm.R6, off, asm.Half),
+			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Half),
+		)
+		in = append(in, call(asm.FnMapLookupElem, ports, -4, 0)...)
+		in = append(in, asm.JNE.Imm(asm.R0, 0, "match"))
+	}
+	return append(in, asm.Ja.Label("exit"))
+}
+
+func tcpRetransmit(f tcpFields, ports, hists int) asm.Instructions {
+	in := portMatch(ports, f.rsport, f.rdport)
+	b := bump(hists, counterOff(TCPRetransmits))
+	b[0] = b[0].WithSymbol("match")
+	in = append(in, b...)
+	return append(in, exit...)
+}
+
+func tcpProbe(f tcpFields, ports, hists int) asm.Instructions {
+	in := portMatch(ports, f.psport, f.pdport)
+	in = append(in,
+		asm.LoadMem(asm.R9, asm.R6, f.srtt, asm.Word).WithSymbol("match"),
+		asm.Mul.Imm(asm.R9, 1000),
+	)
+	in = append(in, observe("rtt", hists, TCPRTT, asm.R9, asm.R0)...)
+	return append(in, exit...)
+}
