@@ -32,3 +32,7 @@ image:
 # Tests that need ublk, run inside qemu guests with Debian's 6.12 kernel (fetched through apt).
 vm-test:
     go test -count=1 -run '^TestGuest' ./image/ ./ublk/ ./appliance/
+
+# ublk against the kernel loop device on the same file, same fio jobs, in one guest (run it alone).
+vm-bench:
+    go test -count=1 -run '^$' -bench '^BenchmarkGuest' -v ./ublk/ | grep -A6 'vs loop'

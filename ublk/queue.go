@@ -34,6 +34,8 @@ type queue struct {
 
 	exited chan error
 	served atomic.Int64 // requests handled, for tests and status
+	// sleeping is set while the queue thread may block in io_uring_enter.
+	sleeping atomic.Bool
 }
 
 type completion struct {
@@ -152,7 +154,19 @@ func (q *queue) run(ready chan<- error) {
 			q.exited <- nil
 			return
 		}
-		_, err := ring.Enter(1, 0)
+		// One io_uring_enter submits the commits of the last round and waits for the next
+		// event, unless results are already waiting. Serving goroutines write the eventfd
+		// only while this thread sleeps (sleeping is set before the last look at the list,
+		// they read it after appending, so one of the two sees the other).
+		q.sleeping.Store(true)
+		q.mu.Lock()
+		wait := uint32(1)
+		if len(q.done) > 0 {
+			wait = 0
+		}
+		q.mu.Unlock()
+		_, err := ring.Enter(wait, 0)
+		q.sleeping.Store(false)
 		if err != nil && err != unix.EINTR {
 			q.exited <- fmt.Errorf("ublk: queue %d: io_uring_enter: %w", q.id, err)
 			return
@@ -161,13 +175,6 @@ func (q *queue) run(ready chan<- error) {
 			ud, res := cqe.UserData, cqe.Res
 			ring.AdvanceCQ(1)
 			if ud == wakeTag {
-				q.mu.Lock()
-				pending, q.done = q.done, pending[:0]
-				q.mu.Unlock()
-				for _, c := range pending {
-					serving--
-					push(ioCommitAndFetchReq, c.tag, c.result)
-				}
 				armWake()
 				continue
 			}
@@ -184,9 +191,12 @@ func (q *queue) run(ready chan<- error) {
 				aborted = true
 			}
 		}
-		if _, err := ring.Submit(); err != nil && err != unix.EINTR {
-			q.exited <- fmt.Errorf("ublk: queue %d: submit: %w", q.id, err)
-			return
+		q.mu.Lock()
+		pending, q.done = q.done, pending[:0]
+		q.mu.Unlock()
+		for _, c := range pending {
+			serving--
+			push(ioCommitAndFetchReq, c.tag, c.result)
 		}
 	}
 }
@@ -198,6 +208,9 @@ func (q *queue) serve(tag uint16, d ioDesc) {
 	q.mu.Lock()
 	q.done = append(q.done, completion{tag, res})
 	q.mu.Unlock()
+	if !q.sleeping.CompareAndSwap(true, false) {
+		return // the queue thread is awake and will see the result
+	}
 	var one [8]byte
 	binary.LittleEndian.PutUint64(one[:], 1)
 	unix.Write(q.efd, one[:])

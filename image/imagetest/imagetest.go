@@ -97,7 +97,10 @@ func build() error {
 
 // Boot runs t's test inside a guest (see the package documentation). It returns true on the
 // host, after the guest test passed (t fails otherwise), and false inside the guest.
-func Boot(t *testing.T, opt Options) bool {
+//
+// A benchmark (t a *testing.B) runs in the guest once, as -test.bench with -test.benchtime=1x,
+// so go test ./... never boots it.
+func Boot(t testing.TB, opt Options) bool {
 	t.Helper()
 	if InGuest() {
 		return false
@@ -140,7 +143,7 @@ func Boot(t *testing.T, opt Options) bool {
 		timeout = 2 * time.Minute
 	}
 	spec, _ := json.Marshal(image.GuestSpec{
-		Argv: []string{"/guest.test", "-test.run=^" + t.Name() + "$", "-test.v", "-test.timeout=" + timeout.String()},
+		Argv: guestArgs(t, timeout),
 		Env:  []string{guestEnv + "=1"},
 		Dir:  "/",
 	})
@@ -189,7 +192,7 @@ func (m multi) Write(p []byte) (int, error) {
 
 // lineLogger passes the guest console to t.Log line by line.
 type lineLogger struct {
-	t   *testing.T
+	t   testing.TB
 	mu  sync.Mutex
 	buf []byte
 }
@@ -329,4 +332,13 @@ func Tool(name string, args ...string) (*exec.Cmd, error) {
 	}
 	argv := append([]string{"--library-path", strings.Join(libs, ":"), filepath.Join(toolsMount, prog)}, args...)
 	return exec.Command(filepath.Join(toolsMount, manifest.Loader), argv...), nil
+}
+
+// guestArgs is the test binary's command line in the guest: t alone.
+func guestArgs(t testing.TB, timeout time.Duration) []string {
+	args := []string{"/guest.test", "-test.v", "-test.timeout=" + timeout.String()}
+	if _, ok := t.(*testing.B); ok {
+		return append(args, "-test.run=^$", "-test.bench=^"+t.Name()+"$", "-test.benchtime=1x")
+	}
+	return append(args, "-test.run=^"+t.Name()+"$")
 }
