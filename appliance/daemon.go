@@ -627,6 +627,9 @@ func (d *Daemon) api() http.Handler {
 				continue
 			}
 			prev, err := r.setRole(role, rr.Force)
+			if err == nil && role == RoleSecondary {
+				d.ublk.dropOrphan(names[i]) // a device a killed daemon left here
+			}
 			out[i].Previous = prev.String()
 			if err != nil {
 				out[i].Error, out[i].Code = err.Error(), ehastInvalid

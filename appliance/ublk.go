@@ -129,3 +129,29 @@ func (u *ublkFrontend) paths(name string) (link, dev string) {
 	}
 	return "", ""
 }
+
+// dropOrphan deletes the device a killed daemon left for name, when this node will not serve it
+// (the resource became secondary here): the I/O it held fails instead of waiting for ever.
+func (u *ublkFrontend) dropOrphan(name string) {
+	if u == nil {
+		return
+	}
+	u.mu.Lock()
+	mine := u.devs[name] != nil
+	u.mu.Unlock()
+	link := filepath.Join(ublkLinkDir, name)
+	target, err := os.Readlink(link)
+	if mine || err != nil {
+		return
+	}
+	var id int
+	if _, err := fmt.Sscanf(target, "/dev/ublkb%d", &id); err != nil {
+		return
+	}
+	if err := ublk.DeleteOrphan(id); err != nil {
+		u.log.Warn().Err(err).Str("resource", name).Msg("ublk: device left by a previous daemon not removed")
+		return
+	}
+	os.Remove(link)
+	u.log.Info().Str("resource", name).Str("device", target).Msg("ublk: removed the device a previous daemon left; its pending I/O failed")
+}

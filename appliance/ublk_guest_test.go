@@ -293,4 +293,42 @@ func TestGuestUblkDaemonKilled(t *testing.T) {
 	if err := files.CheckExt4("/dev/hast/disk1", mnt); err != nil {
 		t.Fatal(err)
 	}
+
+	// Killed again; this time the node becomes secondary for disk2 instead: the device left
+	// behind is removed and the write it was holding fails instead of waiting for ever.
+	g, err := os.OpenFile("/dev/hast/disk2", os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	c.Kill(prim, syscall.SIGKILL)
+	held := make(chan error, 1)
+	go func() {
+		buf, _ := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		_, err := g.WriteAt(buf, 0)
+		held <- err
+	}()
+	if err := c.Start(prim); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-held:
+		t.Fatalf("a write to the orphaned device finished before any decision: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := c.Role(prim, "secondary", "disk2"); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail(prim))
+	}
+	select {
+	case err := <-held:
+		if err == nil {
+			t.Fatal("the held write succeeded on a node that is no longer primary")
+		}
+		t.Logf("held write failed with %v once the node became secondary", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the held write still hangs after the node became secondary")
+	}
+	if _, err := os.Lstat("/dev/hast/disk2"); err == nil {
+		t.Fatal("/dev/hast/disk2 still exists on a secondary")
+	}
 }

@@ -95,3 +95,25 @@ func alive(pid int) bool {
 	}
 	return true
 }
+
+// DeleteOrphan removes device id when no live process serves it (its server was killed and
+// nobody recovered it): STOP_DEV fails the I/O the driver was holding, DEL_DEV_ASYNC frees it.
+// A device with a live server is left alone (ErrNotRecoverable).
+func DeleteOrphan(id int) error {
+	ctrl, err := openControl()
+	if err != nil {
+		return err
+	}
+	defer ctrl.close()
+	info, err := ctrl.devInfo(uint32(id))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNotRecoverable, err)
+	}
+	if info.State == stateLive && alive(int(info.ServerPID)) {
+		return fmt.Errorf("%w: /dev/ublkb%d is served by the live process %d", ErrNotRecoverable, id, info.ServerPID)
+	}
+	if err := ctrl.simple("STOP_DEV", cmdStopDev, uint32(id), 0); err != nil {
+		return err
+	}
+	return ctrl.simple("DEL_DEV_ASYNC", cmdDelDevAsync, uint32(id), 0)
+}
