@@ -41,6 +41,7 @@ const usage = `usage: hast <verb> [options] ...
   hast split-brain [-c config] [--node NAME] [-o json] name   (what diverged when both nodes were primary)
   hast resolve [-c config] [--node NAME] --keep local|remote name   (saves the losing side, resyncs only what diverged)
   hast failover notify MASTER|BACKUP|FAULT|STOP | check   (keepalived's notify script and track_script; hast failover -h)
+  hast perf    [-c config] [--node NAME] [-o json] [--count N] [--interval D] [name]   (engine stages beside the eBPF probes, refreshed every second)
   hast bench   [--quick] [-o json] [--png FILE] [--fio] ...   (benchmarks with same-run baselines; hast bench -h)
   hast bench --daemon-rss [--resources N] [--mode M] [--depth N] [--size SIZE] [--runtime D]   (two real daemons' memory under load)
   hast demo    [--keep] [--size BYTES]
@@ -74,6 +75,8 @@ func (c *CLI) Main(args []string) int {
 		err = c.attach(rest)
 	case "verify":
 		err = c.verify(rest)
+	case "perf":
+		err = c.perf(rest)
 	case "bench":
 		if slices.ContainsFunc(rest, func(a string) bool { return a == "--daemon-rss" || a == "-daemon-rss" }) {
 			err = c.benchRSS(rest)
@@ -242,6 +245,7 @@ func (c *CLI) daemon(args []string) error {
 	cm.fs.StringVar(&opt.FUSE, "fuse", "", "mount the FUSE file view of primary volumes on this directory")
 	cm.fs.StringVar(&opt.UBLK, "ublk", "auto", "serve primary volumes as block devices /dev/hast/<resource> through ublk: on, off, or auto (where the kernel has ublk_drv)")
 	cm.fs.StringVar(&opt.LocalIO, "local-io", "pwrite", "drive local components with pwrite (page cache) or uring (io_uring, O_DIRECT where aligned)")
+	cm.fs.StringVar(&opt.Probes, "probes", "auto", "eBPF latency probes for hast perf and the metrics: on, off, or auto (where the kernel allows)")
 	cm.fs.StringVar(&opt.Metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9457)")
 	cm.fs.StringVar(&opt.StateDir, "state-dir", "/var/lib/hast", "where split-brain reports and discarded data are kept")
 	cm.fs.DurationVar(&opt.Reconnect, "reconnect-interval", 0, "how often a primary retries its peer (HAST: 10s)")

@@ -25,6 +25,7 @@ import (
 	"hast/fuse"
 	"hast/internal/linksec"
 	"hast/nbd"
+	"hast/perf"
 	"hast/replicate"
 )
 
@@ -44,6 +45,7 @@ type Options struct {
 	StateDir   string // split-brain reports and saved data (default /var/lib/hast)
 	Metrics    string // listen address of the Prometheus endpoint, "" = off
 	LocalIO    string // "pwrite" (default) or "uring": how the local component is driven
+	Probes     string // --probes: auto (default), on or off: the eBPF probes of hast perf
 	Keepalive  time.Duration
 	Reconnect  time.Duration
 	SyncRate   int64
@@ -76,6 +78,9 @@ type Daemon struct {
 	metricsSrv *http.Server
 	pidfile    *os.File
 	wg         sync.WaitGroup
+
+	probes      *perf.Kernel // nil when the probes are off or unavailable
+	probeStatus string
 }
 
 // NewDaemon loads the configuration, takes the pidfile and opens the control socket and the
@@ -118,6 +123,10 @@ func NewDaemon(opt Options, log zerolog.Logger) (*Daemon, error) {
 		pid = opt.Pidfile
 	}
 	if err := d.takePidfile(pid); err != nil {
+		return nil, err
+	}
+	if err := d.startProbes(); err != nil {
+		d.Close()
 		return nil, err
 	}
 	if err := d.openControl(); err != nil {
@@ -360,6 +369,9 @@ func (d *Daemon) Close() {
 		}
 	}
 	d.wg.Wait()
+	if d.probes != nil {
+		d.probes.Close()
+	}
 	if d.pidfile != nil {
 		os.Remove(d.pidfile.Name())
 		d.pidfile.Close()
@@ -419,6 +431,7 @@ func (d *Daemon) Reload() error {
 		d.log.Info().Str("resource", name).Msg("resource removed")
 	}
 	d.cfg, d.order = cfg, order
+	d.updateProbes(cfg)
 	d.log.Info().Msg("Configuration reloaded.")
 	return nil
 }
@@ -699,6 +712,7 @@ func (d *Daemon) api() http.Handler {
 		}
 		writeJSON(w, map[string]string{"result": "reloaded"})
 	})
+	d.perfAPI(mux)
 	return mux
 }
 

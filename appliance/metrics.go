@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"hast/internal/hist"
+	"hast/perf"
 )
 
 // metrics exports every resource's state as Prometheus metrics. Values are read from the
@@ -110,6 +111,9 @@ func histMetric(s hist.Snapshot, labels ...string) prometheus.Metric {
 func (d *Daemon) serveMetrics(addr string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics{d})
+	if d.probes != nil {
+		reg.MustRegister(perf.Collector{K: d.probes})
+	}
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

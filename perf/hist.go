@@ -50,7 +50,7 @@ func Upper(i int) uint64 { return Lower(i + 1) }
 
 // Hist is a snapshot of one probe's histogram.
 type Hist struct {
-	Counts [Buckets]uint64 `json:"-"`
+	Counts [Buckets]uint64 `json:"counts"`
 	SumNs  uint64          `json:"sum_ns"`
 	Bytes  uint64          `json:"bytes,omitempty"`  // bytes moved, for probes that move data
 	Errors uint64          `json:"errors,omitempty"` // events that failed and are not in Counts
