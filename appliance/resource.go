@@ -271,71 +271,35 @@ func connectError(err error) string {
 // ErrBusy is returned when a role change is refused because the volume is in use.
 var ErrBusy = errors.New("resource is in use")
 
-// setRole changes the role (hast-reference §9.2). force skips the safety checks that would
-// otherwise refuse to demote an open volume or promote a node known to be split-brained.
-func (r *resource) setRole(to Role, force bool) (Role, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	from := r.role
-	if from == to {
-		return from, nil
+// openPrimaryLocked opens the local component, starts the primary engine on it and exports
+// the volume to the frontends (r.mu held).
+func (r *resource) openPrimaryLocked() error {
+	dev, err := r.d.openLocal(r.cfg.Local)
+	if err != nil {
+		return fmt.Errorf("open local component: %w", err)
 	}
-	r.evMu.Lock()
-	sb := r.splitBrain
-	r.evMu.Unlock()
-	if to == RolePrimary && sb && !force && from != RolePrimary {
-		return from, fmt.Errorf("refusing to promote %s: a split-brain with the peer is unresolved (hast split-brain %s shows what diverged; hast resolve, or --force)", r.cfg.Name, r.cfg.Name)
+	p, err := replicate.OpenPrimary(r.rcfg, dev, r.log)
+	if err != nil {
+		dev.Close()
+		return err
 	}
-	if to == RolePrimary && !force {
-		if err := r.checkConsistent(); err != nil {
-			return from, err
-		}
+	r.dev, r.primary, r.live = dev, p, &liveVolume{v: p}
+	r.d.export(r.cfg.Name, r.live)
+	return nil
+}
+
+// openSecondaryLocked opens the local component for the secondary sessions to come (r.mu held).
+func (r *resource) openSecondaryLocked() error {
+	dev, err := r.d.openLocal(r.cfg.Local)
+	if err != nil {
+		return fmt.Errorf("open local component: %w", err)
 	}
-	switch from {
-	case RolePrimary:
-		if err := r.d.unexport(r.cfg.Name, force); err != nil {
-			return from, fmt.Errorf("demote %s: %w", r.cfg.Name, err)
-		}
-		if err := r.primary.Close(); err != nil {
-			r.log.Warn().Err(err).Msg("closing primary")
-		}
-		r.primary, r.live = nil, nil
-	case RoleSecondary:
-		r.stopSecondaryLocked()
+	if _, err := blockdev.ReadMetadata(dev, r.cfg.Name); err != nil {
+		dev.Close()
+		return err
 	}
-	if r.dev != nil {
-		r.dev.Close()
-		r.dev = nil
-	}
-	r.role = RoleInit
-	switch to {
-	case RolePrimary:
-		dev, err := r.d.openLocal(r.cfg.Local)
-		if err != nil {
-			return from, fmt.Errorf("open local component: %w", err)
-		}
-		p, err := replicate.OpenPrimary(r.rcfg, dev, r.log)
-		if err != nil {
-			dev.Close()
-			return from, err
-		}
-		r.dev, r.primary, r.live = dev, p, &liveVolume{v: p}
-		r.d.export(r.cfg.Name, r.live)
-	case RoleSecondary:
-		dev, err := r.d.openLocal(r.cfg.Local)
-		if err != nil {
-			return from, fmt.Errorf("open local component: %w", err)
-		}
-		if _, err := blockdev.ReadMetadata(dev, r.cfg.Name); err != nil {
-			dev.Close()
-			return from, err
-		}
-		r.dev = dev
-	}
-	r.role = to
-	r.log.Info().Str("from", from.String()).Str("to", to.String()).Msgf("Role changed to %s.", to)
-	r.d.hooks.run(r.cfg.Exec, "role", r.cfg.Name, from.String(), to.String())
-	return from, nil
+	r.dev = dev
+	return nil
 }
 
 func (r *resource) stopSecondaryLocked() {
