@@ -33,6 +33,7 @@ image:
 vm-test:
     go test -count=1 -run '^TestGuest' ./image/ ./ublk/ ./appliance/
 
-# ublk against the kernel loop device on the same file, same fio jobs, in one guest (run it alone).
+# ublk against the loop device on the same file, and the replicated /dev/hast/disk1 against the
+# NBD export, same fio jobs, in guests (run it alone: docs/BENCHMARKS.md).
 vm-bench:
-    go test -count=1 -run '^$' -bench '^BenchmarkGuest' -v ./ublk/ | grep -A6 'vs loop'
+    go test -count=1 -run '^$' -bench '^BenchmarkGuest' -v ./ublk/ ./appliance/ | grep -A6 ' vs '

@@ -43,7 +43,7 @@ type testOut = testsupport.SyncBuffer
 
 // newTestCluster creates and starts a two-node cluster; extra[i], if given, are more daemon
 // flags for node i.
-func newTestCluster(t *testing.T, opt ClusterOptions, extra ...[]string) (*Cluster, *testOut) {
+func newTestCluster(t testing.TB, opt ClusterOptions, extra ...[]string) (*Cluster, *testOut) {
 	t.Helper()
 	opt.Dir = t.TempDir()
 	opt.Exe = hastBin

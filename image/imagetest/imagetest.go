@@ -342,3 +342,78 @@ func guestArgs(t testing.TB, timeout time.Duration) []string {
 	}
 	return append(args, "-test.run=^"+t.Name()+"$")
 }
+
+// FioResult is what one fio job did, reads and writes together.
+type FioResult struct {
+	IOPS, MBps float64
+}
+
+// Fio runs fio from the tools disk with args plus --output-format=json and returns the IOPS and
+// throughput of its single job.
+func Fio(args ...string) (FioResult, error) {
+	cmd, err := Tool("fio", append(args, "--output-format=json")...)
+	if err != nil {
+		return FioResult{}, err
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		return FioResult{}, fmt.Errorf("fio %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	var res struct {
+		Jobs []struct {
+			Read, Write struct {
+				IOPS float64 `json:"iops"`
+				BW   float64 `json:"bw_bytes"`
+			}
+		} `json:"jobs"`
+	}
+	if i := bytes.IndexByte(out, '{'); i > 0 {
+		out = out[i:] // fio may print notes first
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.Jobs) != 1 {
+		return FioResult{}, fmt.Errorf("fio output (%v):\n%s", err, out)
+	}
+	j := res.Jobs[0]
+	return FioResult{IOPS: j.Read.IOPS + j.Write.IOPS, MBps: (j.Read.BW + j.Write.BW) / 1e6}, nil
+}
+
+// FioJob is one line of the issue's comparison: 4 KiB random read and write at depth 32, 1 MiB
+// sequential.
+type FioJob struct{ Name, RW, BS string }
+
+// FioJobs are the jobs every guest benchmark runs.
+var FioJobs = []FioJob{
+	{"randread-4k-qd32", "randread", "4k"},
+	{"randwrite-4k-qd32", "randwrite", "4k"},
+	{"read-1m-qd32", "read", "1m"},
+	{"write-1m-qd32", "write", "1m"},
+}
+
+// Args are fio arguments for j: depth 32, 3 s after a 1 s ramp, within the first size bytes.
+func (j FioJob) Args(size string) []string {
+	return []string{"--name=" + j.Name, "--rw=" + j.RW, "--bs=" + j.BS, "--iodepth=32", "--time_based",
+		"--runtime=3", "--ramp_time=1", "--size=" + size}
+}
+
+// Compare runs every job on a baseline and on ours (fio arguments naming the target) and
+// returns a table of both and their ratio.
+func Compare(baseName string, base []string, oursName string, ours []string, size string) (string, error) {
+	var table strings.Builder
+	fmt.Fprintf(&table, "%-18s %13s %13s %7s\n", "job", baseName, oursName, "ratio")
+	for _, j := range FioJobs {
+		b, err := Fio(append(j.Args(size), base...)...)
+		if err != nil {
+			return "", err
+		}
+		o, err := Fio(append(j.Args(size), ours...)...)
+		if err != nil {
+			return "", err
+		}
+		if j.BS == "4k" {
+			fmt.Fprintf(&table, "%-18s %8.0f IOPS %8.0f IOPS %6.2fx\n", j.Name, b.IOPS, o.IOPS, o.IOPS/b.IOPS)
+		} else {
+			fmt.Fprintf(&table, "%-18s %8.0f MB/s %8.0f MB/s %6.2fx\n", j.Name, b.MBps, o.MBps, o.MBps/b.MBps)
+		}
+	}
+	return table.String(), nil
+}
