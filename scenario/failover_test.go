@@ -613,6 +613,11 @@ func (f *failoverEnv) failoverLog(i int, s string) int {
 // becomes VRRP MASTER, but its notify script finds hast1 alive as primary on the replication
 // link and refuses; its check then fails and keepalived gives the address up. When the segment
 // heals, hast1 still holds the address and serves; nothing acknowledged is lost.
+//
+// isolated-primary-returns: hast1 loses both links but stays up; hast2 takes over. When the
+// links return, both are VRRP masters; the tie goes to the higher address (hast2), hast1's notify
+// demotes it, and HAST's counters resync it from hast2. No split-brain: clients could not reach
+// hast1 while it was cut off, so it acknowledged nothing alone.
 func TestKeepalivedFencing(t *testing.T) {
 	t.Run("replication-cut", func(t *testing.T) {
 		f, fl, chk, ld := newLoadedPair(t)
@@ -691,6 +696,47 @@ func TestKeepalivedFencing(t *testing.T) {
 		vol := e.volume(e.h1)
 		defer vol.Close()
 		e.requireNoLoss(e.verify(chk, "hast1 after the split", vol), "VRRP split")
+		e.compareLocal()
+	})
+
+	t.Run("isolated-primary-returns", func(t *testing.T) {
+		f, fl, chk, ld := newLoadedPair(t)
+		e := f.env
+		if err := f.seg.Isolate(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.net.Cut(faultnet.Silent); err != nil {
+			t.Fatal(err)
+		}
+		e.waitStatus(e.h2, "hast2 primary", 30*time.Second, func(s appliance.ResourceStatus) bool { return s.Role == "primary" })
+		e.waitAcked(chk, 300, loadTimeout)
+		// hast1, isolated but alive, is still MASTER and primary behind the cut.
+		if s1 := e.status(e.h1); s1.Role != "primary" || !f.hasVIP(0) {
+			t.Fatalf("isolated hast1: role %s, address %v; want primary, holding it", s1.Role, f.hasVIP(0))
+		}
+		if err := f.seg.Rejoin(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.net.Heal(); err != nil {
+			t.Fatal(err)
+		}
+		// Two masters with equal priorities: the higher address (hast2's) keeps the address,
+		// hast1 is demoted by its notify and resynchronised from hast2.
+		e.waitStatus(e.h1, "hast1 secondary", 30*time.Second, func(s appliance.ResourceStatus) bool { return s.Role == "secondary" })
+		e.waitStatus(e.h2, "hast2 connected", 30*time.Second, func(s appliance.ResourceStatus) bool { return s.Connected })
+		e.waitAcked(chk, 300, loadTimeout)
+		ld.stop()
+		fl.close()
+		e.waitComplete(e.h2)
+		if f.hasVIP(0) || !f.hasVIP(1) || f.vrrpState(0) != "BACKUP" {
+			t.Fatalf("after the return: address on hast1 %v, on hast2 %v, hast1 VRRP %s", f.hasVIP(0), f.hasVIP(1), f.vrrpState(0))
+		}
+		if s1, s2 := e.status(e.h1), e.status(e.h2); s1.SplitBrain || s2.SplitBrain {
+			t.Fatal("split-brain reported although hast1 acknowledged nothing alone")
+		}
+		vol := e.volume(e.h2)
+		defer vol.Close()
+		e.requireNoLoss(e.verify(chk, "hast2 after hast1 returned", vol), "isolated primary returned alive")
 		e.compareLocal()
 	})
 }
