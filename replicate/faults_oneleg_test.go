@@ -225,3 +225,34 @@ func TestRestartedStalePrimaryThatWroteAloneIsASplitBrain(t *testing.T) {
 		t.Fatal(fmt.Sprintf("the peer's good copy was overwritten (err %v)", err))
 	}
 }
+
+// TestStaleMarkAfterAnEarlierRepair: a stale extent is repaired (pulled, the marks cleared);
+// a later local failure whose record the peer cannot take must still be recorded in our own
+// metadata before the write is acknowledged.
+func TestStaleMarkAfterAnEarlierRepair(t *testing.T) {
+	f := newFaultPair(t, ModeFullsync, nil)
+	lo := f.localOff(f.pmem)
+	b := bytes.Repeat([]byte{0x3c}, 4096)
+	f.pdev.Inject(blockdev.Fault{Op: blockdev.OpWrite, Off: lo + 1<<20, Len: 4096, Times: 1})
+	if _, err := f.p.WriteAt(b, 1<<20); err != nil {
+		t.Fatalf("write through the peer: %v", err)
+	}
+	f.waitSynced()
+	if f.metadata(f.pmem).Inconsistent {
+		t.Fatal("still marked inconsistent after the repair")
+	}
+
+	slo := f.localOff(f.smem)
+	f.shold.arm(func(op blockdev.Op, off int64) bool { return op == blockdev.OpWrite && off < slo })
+	f.pdev.Inject(blockdev.Fault{Op: blockdev.OpWrite, Off: lo + 3<<20, Len: 4096, Times: 1})
+	done := make(chan error, 1)
+	go func() { _, err := f.p.WriteAt(b, 3<<20); done <- err }()
+	<-f.shold.entered // the peer's record of the stale extent
+	f.shold.release(syscall.EIO)
+	if err := <-done; err != nil {
+		t.Fatalf("write through the peer with our metadata writable: %v", err)
+	}
+	if !f.metadata(f.pmem).Inconsistent {
+		t.Fatal("acknowledged with neither the peer's record nor our own inconsistent mark")
+	}
+}

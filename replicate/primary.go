@@ -64,8 +64,9 @@ type Primary struct {
 	// succeeded): reads of them go to the peer. The value says whether the peer has recorded it
 	// durably (CmdStale), so that it survives a restart of this node.
 	stale map[int]bool
-	// staleOnDisk: our metadata's inconsistent mark, set for stale extents, is on disk.
-	staleOnDisk bool
+	// staleOnDisk: our metadata's inconsistent mark, set for stale extents, is on disk (until
+	// a completed synchronisation clears it). staleDiskErrLogged: writing it failed last time.
+	staleOnDisk, staleDiskErrLogged bool
 	// bumpWanted counts requests for a background counter bump (bumpSoon).
 	bumpWanted atomic.Int32
 	// syncRetry is the wait before a failed synchronisation is tried again on the same link.

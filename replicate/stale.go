@@ -139,11 +139,14 @@ func (p *Primary) recordStale(l *link, off, n int64) error {
 	}
 	localErr := error(nil)
 	if !onDisk {
-		if localErr = p.writeMetadata(); localErr == nil {
-			p.mu.Lock()
-			p.staleOnDisk = true
-			p.mu.Unlock()
-		} else {
+		localErr = p.writeMetadata()
+		p.mu.Lock()
+		p.staleOnDisk = localErr == nil
+		logIt := localErr != nil && !p.staleDiskErrLogged
+		p.staleDiskErrLogged = localErr != nil
+		p.mu.Unlock()
+		if logIt {
+			// Once per failure streak: a read-only disk fails this for every write.
 			p.log.Error().Err(localErr).Msg("unable to record in our metadata that the local copy is stale")
 		}
 	}

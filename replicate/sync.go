@@ -215,6 +215,7 @@ func (p *Primary) syncLoop(l *link) {
 		p.md.RemoteCnt = p.peerCnt.LocalCnt
 		p.md.PeerRemoteCnt = p.peerCnt.RemoteCnt
 		p.md.Inconsistent = false
+		p.staleOnDisk = false
 		p.syncSrc = SyncSrcUndef
 		p.syncRetry = 0
 	}
