@@ -8,9 +8,10 @@
 //		// here: inside the guest, as root, with /dev/ublk-control
 //	}
 //
-// On the host Boot builds the package's test binary and the hast binary, boots a guest whose
-// /init is hast, runs that one test there with -test.v, streams the guest's console into the
-// test log, and fails the test unless the guest test passed. In the guest it returns false.
+// On the host Boot marks the test parallel (image.VM bounds the guests running at once), builds
+// the package's test binary and the hast binary, boots a guest whose /init is hast, runs that
+// one test there with -test.v, streams the guest's console into the test log, and fails the test
+// unless the guest test passed. In the guest it returns false.
 package imagetest
 
 import (
@@ -104,6 +105,9 @@ func Boot(t testing.TB, opt Options) bool {
 	t.Helper()
 	if InGuest() {
 		return false
+	}
+	if tt, ok := t.(*testing.T); ok {
+		tt.Parallel() // guests wait for one of the machine's two guest slots, not for each other's tests
 	}
 	if err := build(); err != nil {
 		t.Fatalf("guest bench: %v", err)
