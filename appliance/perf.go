@@ -13,21 +13,28 @@ import (
 	"hast/perf"
 )
 
-// startProbes loads the eBPF probes as --probes says: off never, on or fail, auto where the
-// kernel allows (said once in the log when it does not).
+// startProbes loads the eBPF probes as --probes says: off never; on, or a list of probe
+// groups, or fail; auto where the kernel allows (said once in the log when it does not).
 func (d *Daemon) startProbes() error {
+	var groups []perf.Group
+	required := true
 	switch d.opt.Probes {
 	case "off":
 		d.probeStatus = "off"
 		return nil
-	case "", "auto", "on":
+	case "", "auto":
+		required = false
+	case "on":
 	default:
-		return exitErr(exUsage, fmt.Errorf("--probes %q: expected auto, on or off", d.opt.Probes))
+		var err error
+		if groups, err = perf.ParseGroups(d.opt.Probes); err != nil {
+			return exitErr(exUsage, fmt.Errorf("--probes %q: expected auto, on, off or probe groups: %w", d.opt.Probes, err))
+		}
 	}
 	devs, ports := probeTargets(d.cfg)
-	k, err := perf.Load(perf.Options{Devices: devs, Ports: ports})
+	k, err := perf.Load(perf.Options{Devices: devs, Ports: ports, Groups: groups})
 	if err != nil {
-		if d.opt.Probes == "on" {
+		if required {
 			return exitErr(exOSErr, err)
 		}
 		d.probeStatus = "unavailable: " + err.Error()

@@ -166,3 +166,56 @@ func TestPerfProbesMatchTheEngine(t *testing.T) {
 		t.Errorf("secondary with --probes off: %q, kernel %v", s2.Probes, s2.Kernel != nil)
 	}
 }
+
+// TestPerfProbesRefused runs the primary in a process that may not use BPF (setpriv drops
+// CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN from its bounding set): with --probes auto it says so
+// once and serves writes, and hast perf shows the engine alone; with --probes on it refuses to
+// start.
+func TestPerfProbesRefused(t *testing.T) {
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Fatalf("setpriv (util-linux): %v", err)
+	}
+	noBPF := func(node string, argv []string) []string {
+		if node != "hast1" {
+			return argv
+		}
+		return append([]string{"setpriv", "--bounding-set", "-bpf,-perfmon,-sys_admin", "--"}, argv...)
+	}
+	c, _ := newTestCluster(t, ClusterOptions{Wrap: noBPF})
+	p := c.Nodes[0]
+	pair(t, c)
+	v, err := c.Volume(p, "disk1")
+	must(t, err)
+	for i := range 10 {
+		if _, err := v.WriteAt(make([]byte, 4096), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.Close()
+	cl, err := c.Client(p)
+	must(t, err)
+	s, err := cl.Perf("")
+	must(t, err)
+	if !strings.HasPrefix(s.Probes, "unavailable: ") || s.Kernel != nil {
+		t.Errorf("probes %q, kernel histograms %v", s.Probes, s.Kernel != nil)
+	}
+	if w := s.Engine["write"]; w.Count() != 10 {
+		t.Errorf("engine counted %d writes, issued 10", w.Count())
+	}
+	if n := strings.Count(c.LogTail(p), "eBPF probes unavailable"); n != 1 {
+		t.Errorf("the log says %d times that the probes are unavailable:\n%s", n, c.LogTail(p))
+	}
+	var text strings.Builder
+	cli := &CLI{Stdout: &text, Stderr: &text}
+	if code := cli.Main([]string{"perf", "-c", c.Conf, "--node", p.Name, "--count", "1", "--interval", "100ms"}); code != 0 {
+		t.Fatalf("hast perf: status %d: %s", code, text.String())
+	}
+	if !strings.Contains(text.String(), "probes unavailable: ") || strings.Contains(text.String(), "block_write") {
+		t.Errorf("hast perf without probes:\n%s", text.String())
+	}
+	c.Kill(p, syscall.SIGTERM)
+	err = c.Start(p, "--probes", "on")
+	if err == nil || !strings.Contains(err.Error(), "exited during start-up") || !strings.Contains(err.Error(), "perf: ") {
+		t.Errorf("--probes on without BPF: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,24 @@ type Options struct {
 	Devices []string
 	// Ports are the replication TCP ports; connections from or to them are observed.
 	Ports []uint16
+	// Groups are the probe groups to load; nil loads every group.
+	Groups []Group
+}
+
+// AllGroups are the probe groups.
+var AllGroups = []Group{GroupBlock, GroupSyscalls, GroupSched, GroupTCP}
+
+// ParseGroups parses a comma-separated list of group names.
+func ParseGroups(s string) ([]Group, error) {
+	var out []Group
+	for _, f := range strings.Split(s, ",") {
+		g := Group(strings.TrimSpace(f))
+		if !slices.Contains(AllGroups, g) {
+			return nil, fmt.Errorf("unknown probe group %q (want %v)", g, AllGroups)
+		}
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 // Group is a set of probes that load together.
@@ -89,8 +108,13 @@ func Load(opt Options) (*Kernel, error) {
 		k.Close()
 		return nil, fmt.Errorf("perf: BPF unavailable: %w", err)
 	}
-	for g, f := range map[Group]func() error{GroupBlock: k.loadBlock, GroupSyscalls: k.loadSyscalls, GroupSched: k.loadSched, GroupTCP: k.loadTCP} {
-		if err := f(); err != nil {
+	groups := opt.Groups
+	if groups == nil {
+		groups = AllGroups
+	}
+	loaders := map[Group]func() error{GroupBlock: k.loadBlock, GroupSyscalls: k.loadSyscalls, GroupSched: k.loadSched, GroupTCP: k.loadTCP}
+	for _, g := range groups {
+		if err := loaders[g](); err != nil {
 			k.failed[g] = err
 		}
 	}
@@ -119,6 +143,16 @@ func (k *Kernel) failedErr() error {
 		errs = append(errs, fmt.Errorf("%s: %w", g, err))
 	}
 	return fmt.Errorf("perf: no probe could be attached: %w", errors.Join(errs...))
+}
+
+// newSlots makes an array of per-thread slots (see slot in progs.go).
+func (k *Kernel) newSlots(name string) (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1 << slotBits})
+	if err != nil {
+		return nil, err
+	}
+	k.starts = append(k.starts, m)
+	return m, nil
 }
 
 func (k *Kernel) newStart(name string, key, val uint32) (*ebpf.Map, error) {
@@ -179,12 +213,12 @@ func (k *Kernel) attach(ps ...probe) error {
 }
 
 func (k *Kernel) loadSyscalls() error {
-	start, err := k.newStart("hast_sys_start", 8, 16)
+	slots, err := k.newSlots("hast_sys_slots")
 	if err != nil {
 		return err
 	}
-	return k.attach(rawTracepoint("sys_exit", sysExit(k.pid, start.FD(), k.hists.FD())),
-		rawTracepoint("sys_enter", sysEnter(k.pid, start.FD())))
+	return k.attach(rawTracepoint("sys_exit", sysExit(k.pid, slots.FD(), k.hists.FD())),
+		rawTracepoint("sys_enter", sysEnter(k.pid, slots.FD())))
 }
 
 func (k *Kernel) loadBlock() error {
@@ -241,7 +275,7 @@ func (k *Kernel) loadSched() error {
 	} else if fp, ok := ptr.Target.(*btf.FuncProto); !ok || len(fp.Params) != 5 {
 		return fmt.Errorf("kernel BTF: sched_switch has an unexpected prototype %v", ptr.Target)
 	}
-	runq, err := k.newStart("hast_runq_start", 4, 8)
+	runq, err := k.newSlots("hast_runq_slots")
 	if err != nil {
 		return err
 	}

@@ -119,6 +119,54 @@ func take(m int, key int16, second bool) asm.Instructions {
 	return append(in, call(asm.FnMapDeleteElem, m, key, 0)...)
 }
 
+// Per-thread starts (system calls, run-queue waits) live in an array indexed by the low
+// slotBits of the thread id, not in a hash map: the kernel inlines an array lookup, where a
+// hash update and delete cost a few hundred nanoseconds on every system call. A slot holds
+// {u32 tid, u32 word, u64 start}; two threads whose ids share the low bits and are in flight at
+// once lose a sample (the later one overwrites; the tid check drops the other's end).
+const slotBits = 16
+
+// slot leaves in R0 the address of the slot of the thread id in tidReg, in array map m.
+// Clobbers R1–R5.
+func slot(m int, tidReg asm.Register) asm.Instructions {
+	in := asm.Instructions{
+		asm.Mov.Reg(asm.R2, tidReg),
+		asm.And.Imm(asm.R2, 1<<slotBits-1),
+		asm.StoreMem(asm.RFP, -24, asm.R2, asm.Word),
+	}
+	in = append(in, call(asm.FnMapLookupElem, m, -24, 0)...)
+	return append(in, asm.JEq.Imm(asm.R0, 0, "exit"))
+}
+
+// begin records in the slot at R0 the thread id in tidReg, the word in wReg and the time now.
+// Clobbers R0–R5 and R9.
+func begin(tidReg, wReg asm.Register) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreMem(asm.R0, 0, tidReg, asm.Word),
+		asm.StoreMem(asm.R0, 4, wReg, asm.Word),
+		asm.Mov.Reg(asm.R9, asm.R0),
+		asm.FnKtimeGetNs.Call(),
+		asm.StoreMem(asm.R9, 8, asm.R0, asm.DWord),
+	}
+}
+
+// end takes the start the slot at R0 holds for the thread id in tidReg, or exits: it leaves the
+// time since in R9 and the slot's word in R8, and clears the slot. Clobbers R0–R5 and R7.
+func end(tidReg asm.Register) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.JNE.Reg(asm.R2, tidReg, "exit"),
+		asm.LoadMem(asm.R7, asm.R0, 8, asm.DWord),
+		asm.JEq.Imm(asm.R7, 0, "exit"),
+		asm.LoadMem(asm.R8, asm.R0, 4, asm.Word),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.StoreMem(asm.R0, 8, asm.R2, asm.DWord),
+		asm.FnKtimeGetNs.Call(),
+		asm.Sub.Reg(asm.R0, asm.R7),
+		asm.Mov.Reg(asm.R9, asm.R0),
+	}
+}
+
 // dispatch counts R9 into probe p's histogram when pReg holds p, or an error when errReg
 // says so (errNonNeg: the error is errReg < 0; else errReg != 0); bytes from bReg unless R0.
 func dispatch(hists int, pReg asm.Register, probes []Probe, errReg asm.Register, errNeg bool, bytes func(Probe) asm.Register) asm.Instructions {
@@ -172,9 +220,9 @@ func ifDaemon(tgid uint32) asm.Instructions {
 	}
 }
 
-// sysEnter (raw tracepoint sys_enter: args[0] regs, args[1] syscall number) stores
-// {now, probe} under pid_tgid for the daemon's tracked system calls.
-func sysEnter(tgid uint32, start int) asm.Instructions {
+// sysEnter (raw tracepoint sys_enter: args[0] regs, args[1] syscall number) records the start
+// and probe of the daemon's tracked system calls in the thread's slot.
+func sysEnter(tgid uint32, slots int) asm.Instructions {
 	in := append(ifDaemon(tgid), asm.LoadMem(asm.R2, asm.R6, 8, asm.DWord))
 	for _, c := range sysClasses {
 		for _, nr := range c.nrs {
@@ -189,17 +237,22 @@ func sysEnter(tgid uint32, start int) asm.Instructions {
 	}
 	in = append(in,
 		asm.Ja.Label("exit"),
-		asm.StoreMem(asm.RFP, -16, asm.R8, asm.DWord).WithSymbol("store"),
+		asm.LoadMem(asm.R7, asm.RFP, -8, asm.Word).WithSymbol("store"), // thread id
 	)
-	in = append(in, stamp(start, -8, -24)...)
+	in = append(in, slot(slots, asm.R7)...)
+	in = append(in, begin(asm.R7, asm.R8)...)
 	return append(in, exit...)
 }
 
-// sysExit (raw tracepoint sys_exit: args[1] the return value) takes the start stored by
+// sysExit (raw tracepoint sys_exit: args[1] the return value) takes the start recorded by
 // sysEnter and counts the latency and bytes, or the error.
-func sysExit(tgid uint32, start, hists int) asm.Instructions {
-	in := append(ifDaemon(tgid), asm.LoadMem(asm.R6, asm.R6, 8, asm.DWord)) // R6 = ret
-	in = append(in, take(start, -8, true)...)
+func sysExit(tgid uint32, slots, hists int) asm.Instructions {
+	in := append(ifDaemon(tgid),
+		asm.LoadMem(asm.R6, asm.R6, 8, asm.DWord),  // R6 = ret
+		asm.LoadMem(asm.R7, asm.RFP, -8, asm.Word), // thread id
+	)
+	in = append(in, slot(slots, asm.R7)...)
+	in = append(in, end(asm.R7)...)
 	var probes []Probe
 	moves := map[Probe]bool{}
 	for _, c := range sysClasses {
@@ -282,14 +335,13 @@ func blockComplete(f blockFields, start, hists int) asm.Instructions {
 // taskFields are offsets in struct task_struct, from the kernel's BTF.
 type taskFields struct{ pid, tgid int16 }
 
-// ifDaemonThread jumps to skip unless the task_struct in R7 belongs to the daemon, and stores
-// its thread id at stack offset -4.
+// ifDaemonThread jumps to skip unless the task_struct in R7 belongs to the daemon, and leaves
+// its thread id in R8.
 func ifDaemonThread(tgid uint32, t taskFields, skip string) asm.Instructions {
 	return asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R7, t.tgid, asm.Word),
 		asm.JNE.Imm(asm.R2, int32(tgid), skip),
-		asm.LoadMem(asm.R2, asm.R7, t.pid, asm.Word),
-		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+		asm.LoadMem(asm.R8, asm.R7, t.pid, asm.Word),
 	}
 }
 
@@ -298,7 +350,8 @@ func ifDaemonThread(tgid uint32, t taskFields, skip string) asm.Instructions {
 func wakeup(tgid uint32, t taskFields, runq int) asm.Instructions {
 	in := asm.Instructions{asm.LoadMem(asm.R7, asm.R1, 0, asm.DWord)}
 	in = append(in, ifDaemonThread(tgid, t, "exit")...)
-	in = append(in, stamp(runq, -4, -16)...)
+	in = append(in, slot(runq, asm.R8)...)
+	in = append(in, begin(asm.R8, asm.R8)...)
 	return append(in, exit...)
 }
 
@@ -312,10 +365,13 @@ func switchIn(tgid uint32, t taskFields, runq, hists int) asm.Instructions {
 		asm.LoadMem(asm.R7, asm.R6, 8, asm.DWord), // prev
 	}
 	in = append(in, ifDaemonThread(tgid, t, "next")...)
-	in = append(in, stamp(runq, -4, -16)...)
+	in = append(in, slot(runq, asm.R8)...)
+	in = append(in, begin(asm.R8, asm.R8)...)
 	in = append(in, asm.LoadMem(asm.R7, asm.R6, 16, asm.DWord).WithSymbol("next"))
 	in = append(in, ifDaemonThread(tgid, t, "exit")...)
-	in = append(in, take(runq, -4, false)...)
+	in = append(in, asm.Mov.Reg(asm.R6, asm.R8))
+	in = append(in, slot(runq, asm.R6)...)
+	in = append(in, end(asm.R6)...)
 	in = append(in, observe("rq", hists, RunQueue, asm.R9, asm.R0)...)
 	return append(in, exit...)
 }
