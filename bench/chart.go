@@ -34,7 +34,7 @@ var (
 	colSkip   = color.RGBA{170, 60, 60, 255}
 	latColors = [3]color.RGBA{{40, 70, 160, 255}, {110, 150, 220, 255}, {190, 210, 240, 255}} // p50, p99, p99.9
 	kindColor = map[string]color.RGBA{
-		KindRaw: {90, 90, 90, 255}, KindIdeal: {150, 150, 150, 255}, KindVolume: {30, 120, 60, 255},
+		KindRaw: {90, 90, 90, 255}, KindIdeal: {150, 150, 150, 255}, KindVolume: {30, 120, 60, 255}, KindProbed: {90, 170, 110, 255},
 		KindFUSE: {200, 120, 20, 255}, KindNBD: {120, 60, 170, 255}, KindNBDFile: {170, 110, 200, 255},
 		KindNBDKit: {60, 140, 190, 255},
 	}

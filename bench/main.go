@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"hast/perf"
 	"hast/replicate/proto"
 )
 
@@ -54,7 +55,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		dir        = fs.String("dir", os.TempDir(), "directory for the backing files (four files of --size)")
 		output     = fs.String("o", "table", "report format: table or json")
 		pngPath    = fs.String("png", "", "also draw the report as a PNG chart into this file")
-		targets    = fs.String("targets", strings.Join(AllKinds, ","), "targets to run")
+		targets    = fs.String("targets", strings.Join(DefaultKinds, ","), "targets to run (also: "+KindProbed+", the volume with the eBPF probes of hast perf loaded)")
 		modes      = fs.String("modes", "fullsync,memsync,async", "replication modes of the volume target")
 		feModes    = fs.String("frontend-modes", "fullsync", "replication modes the FUSE and NBD frontends run in")
 		workloads  = fs.String("workloads", "", "workloads to run (default: the quick or the full set); known: "+workloadNames())
@@ -67,6 +68,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		compress   = fs.String("compression", "hole", "replication compression: none, hole or lzf")
 		metaflush  = fs.Bool("metaflush", true, "flush the activemap after every update (HAST's default)")
 		keepdirty  = fs.Uint("keepdirty", blockdev.DefaultKeepDirty, "extents the volume keeps marked dirty after their writes (hast create -k)")
+		probeGrps  = fs.String("probe-groups", "", "probe groups the "+KindProbed+" target loads (default all: block,syscalls,sched,tcp)")
 		localIO    = fs.String("local-io", "pwrite", "how the volume's local components are driven: pwrite (page cache, the daemon's default) or uring (io_uring, O_DIRECT), as hast daemon --local-io")
 		runFio     = fs.Bool("fio", false, "run the bundled fio job set instead of the matrix")
 		fioTarget  = fs.String("fio-target", "", "file or block device for --fio (its data is overwritten), or fuse[:MODE] for the FUSE file of a volume built in --dir")
@@ -198,6 +200,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		if opt.Pair.Compression, err = proto.ParseCompression(*compress); err != nil {
 			return bad("--compression: %v", err)
+		}
+		if *probeGrps != "" {
+			if opt.ProbeGroups, err = perf.ParseGroups(*probeGrps); err != nil {
+				return bad("--probe-groups: %v", err)
+			}
 		}
 		rep, err = RunMatrix(ctx, opt)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hast/blockdev"
+	"hast/perf"
 	"hast/replicate"
 )
 
@@ -41,6 +43,8 @@ type Options struct {
 	Direct bool
 	Verify bool
 	Pair   PairOptions
+	// ProbeGroups are the probe groups the volume+probes target loads (nil: all).
+	ProbeGroups []perf.Group
 	// Resync adds the resynchronisation benchmark; SyncRate (bytes/s) its rate-limited part.
 	Resync   bool
 	SyncRate int64
@@ -122,7 +126,7 @@ func RunMatrix(ctx context.Context, opt Options) (*Report, error) {
 		return nil, fmt.Errorf("size %d is too small (at least 16 MiB)", opt.Size)
 	}
 	if len(opt.Targets) == 0 {
-		opt.Targets = AllKinds
+		opt.Targets = DefaultKinds
 	}
 	for _, k := range opt.Targets {
 		if !slices.Contains(AllKinds, k) {
@@ -167,7 +171,7 @@ func RunMatrix(ctx context.Context, opt Options) (*Report, error) {
 			return nil, err
 		}
 	}
-	needPair := r.has(KindVolume) || r.has(KindFUSE) || r.has(KindNBD) || opt.Resync
+	needPair := r.has(KindVolume) || r.has(KindProbed) || r.has(KindFUSE) || r.has(KindNBD) || opt.Resync
 	if needPair {
 		r.progress("creating the replicated pair (%s per node) and waiting for its initial sync", fmtBytes(opt.Size))
 		if r.pair, err = CreatePair(dir, opt.Size, opt.Pair, opt.Log); err != nil {
@@ -201,7 +205,7 @@ func (r *runner) count() int {
 	n := 0
 	for _, k := range r.opt.Targets {
 		switch k {
-		case KindVolume:
+		case KindVolume, KindProbed:
 			n += len(r.opt.Modes)
 		case KindFUSE, KindNBD:
 			n += len(r.opt.FrontendModes)
@@ -352,9 +356,9 @@ func (r *runner) roundOnce() error {
 			t.Close()
 		case KindVolume:
 			err = r.pairRuns()
-		case KindFUSE, KindNBD:
+		case KindProbed, KindFUSE, KindNBD:
 			// Run with the volume, in pairRuns (or on their own if volume is not selected).
-			if !r.has(KindVolume) && (kind == KindFUSE || !r.has(KindFUSE)) {
+			if !r.has(KindVolume) && r.firstPairKind() == kind {
 				err = r.pairRuns()
 			}
 		case KindNBDFile:
@@ -395,7 +399,7 @@ func (r *runner) roundOnce() error {
 func (r *runner) pairRuns() error {
 	modes := []replicate.Mode{}
 	for _, m := range AllModes {
-		if (r.has(KindVolume) && slices.Contains(r.opt.Modes, m)) ||
+		if ((r.has(KindVolume) || r.has(KindProbed)) && slices.Contains(r.opt.Modes, m)) ||
 			((r.has(KindFUSE) || r.has(KindNBD)) && slices.Contains(r.opt.FrontendModes, m)) {
 			modes = append(modes, m)
 		}
@@ -408,8 +412,8 @@ func (r *runner) pairRuns() error {
 			if r.ctx.Err() != nil {
 				return r.ctx.Err()
 			}
-			for _, k := range []string{KindVolume, KindFUSE, KindNBD} {
-				if r.has(k) && (k == KindVolume || frontends) {
+			for _, k := range []string{KindVolume, KindProbed, KindFUSE, KindNBD} {
+				if r.has(k) && (k == KindVolume || k == KindProbed || frontends) {
 					r.skip(k, mode, err.Error())
 				}
 			}
@@ -419,6 +423,9 @@ func (r *runner) pairRuns() error {
 		var err error
 		if r.has(KindVolume) && slices.Contains(r.opt.Modes, m) {
 			err = r.runAll(r.pair.Volume(), KindVolume, mode, amap)
+		}
+		if err == nil && r.has(KindProbed) && slices.Contains(r.opt.Modes, m) {
+			err = r.probedRuns(mode, amap)
 		}
 		if err == nil && frontends && r.has(KindFUSE) {
 			fv, ferr := OpenFUSE(filepath.Join(r.dir, "mnt"), r.pair.Volume(), r.opt.Log)
@@ -458,7 +465,7 @@ func (r *runner) collect() {
 		for _, kind := range AllKinds {
 			modes := []string{""}
 			switch kind {
-			case KindVolume:
+			case KindVolume, KindProbed:
 				modes = modeNames(r.opt.Modes)
 			case KindFUSE, KindNBD:
 				modes = modeNames(r.opt.FrontendModes)
@@ -491,4 +498,32 @@ func modeNames(ms []replicate.Mode) []string {
 		}
 	}
 	return out
+}
+
+// firstPairKind is the first selected target that runs on the pair: the one whose turn in a
+// round runs pairRuns when the volume target is not selected.
+func (r *runner) firstPairKind() string {
+	for _, k := range []string{KindVolume, KindProbed, KindFUSE, KindNBD} {
+		if r.has(k) {
+			return k
+		}
+	}
+	return ""
+}
+
+// probedRuns runs the volume again with the eBPF probes of hast perf loaded for this process,
+// on the pair's files and its replication port: beside the volume's rows of the same round,
+// the probes' cost.
+func (r *runner) probedRuns(mode string, amap func() uint64) error {
+	port := uint16(r.pair.ln.Addr().(*net.TCPAddr).Port)
+	k, err := perf.Load(perf.Options{Devices: r.pair.paths[:], Ports: []uint16{port}, Groups: r.opt.ProbeGroups})
+	if err != nil {
+		r.skip(KindProbed, mode, err.Error())
+		return nil
+	}
+	defer k.Close()
+	for g, err := range k.Failed() {
+		r.progress("eBPF probe group %s not loaded: %v", g, err)
+	}
+	return r.runAll(r.pair.Volume(), KindProbed, mode, amap)
 }

@@ -16,6 +16,7 @@ const (
 	KindRaw     = "raw"
 	KindIdeal   = "ideal"
 	KindVolume  = "volume"
+	KindProbed  = "volume+probes" // the volume with hast perf's eBPF probes loaded: their cost
 	KindFUSE    = "fuse"
 	KindNBD     = "nbd"
 	KindNBDFile = "nbd-file"
@@ -23,7 +24,10 @@ const (
 )
 
 // AllKinds lists every target kind in report order.
-var AllKinds = []string{KindRaw, KindIdeal, KindVolume, KindFUSE, KindNBD, KindNBDFile, KindNBDKit}
+var AllKinds = []string{KindRaw, KindIdeal, KindVolume, KindProbed, KindFUSE, KindNBD, KindNBDFile, KindNBDKit}
+
+// DefaultKinds are the targets run unless --targets says otherwise: all but volume+probes.
+var DefaultKinds = []string{KindRaw, KindIdeal, KindVolume, KindFUSE, KindNBD, KindNBDFile, KindNBDKit}
 
 // Sources of rows.
 const (
