@@ -92,6 +92,7 @@ type failoverCmd struct {
 	up, down  string
 	logFile   string
 	sys       *syslog.Writer
+	logCopy   *os.File
 	logOutput io.Writer
 	// outdateAfter: a secondary disconnected from its primary for longer is not promoted (the
 	// primary may have acknowledged writes alone since).
@@ -185,6 +186,7 @@ func (f *failoverCmd) openLog() {
 	}
 	if f.logFile != "" {
 		if lf, err := os.OpenFile(f.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			f.logCopy = lf
 			ws = append(ws, lf)
 		} else {
 			fmt.Fprintf(f.cli.Stderr, "hast failover: log file: %v\n", err)
@@ -196,6 +198,9 @@ func (f *failoverCmd) openLog() {
 func (f *failoverCmd) closeLog() {
 	if f.sys != nil {
 		f.sys.Close()
+	}
+	if f.logCopy != nil {
+		f.logCopy.Close()
 	}
 }
 
