@@ -158,7 +158,7 @@ func Boot(t testing.TB, opt Options) bool {
 	}
 	var console bytes.Buffer
 	lw := &lineLogger{t: t}
-	vm := &image.VM{Kernel: kernel.Vmlinuz, Initrd: initrd, MemoryMB: opt.MemoryMB, CPUs: opt.CPUs, Stdout: multi{&console, lw}}
+	vm := &image.VM{Kernel: kernel.Vmlinuz, Initrd: initrd, MemoryMB: opt.MemoryMB, CPUs: opt.CPUs, Stdout: &multi{ws: []interface{ Write([]byte) (int, error) }{&console, lw}}}
 	for _, d := range disks {
 		vm.Args = append(vm.Args, "-drive", "file="+d+",format=raw,if=virtio,readonly=on")
 	}
@@ -185,10 +185,17 @@ func Boot(t testing.TB, opt Options) bool {
 	return true
 }
 
-type multi []interface{ Write([]byte) (int, error) }
+// multi copies qemu's stdout and stderr (two goroutines in os/exec) to every writer, one write
+// at a time.
+type multi struct {
+	mu sync.Mutex
+	ws []interface{ Write([]byte) (int, error) }
+}
 
-func (m multi) Write(p []byte) (int, error) {
-	for _, w := range m {
+func (m *multi) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, w := range m.ws {
 		w.Write(p)
 	}
 	return len(p), nil
