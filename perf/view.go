@@ -169,12 +169,12 @@ func spark(cols [sparkCols]uint64) string {
 func (r Row) line() string {
 	name := strings.TrimPrefix(r.Name, "sys_")
 	if r.Count == 0 {
-		return fmt.Sprintf("%-13s %7s %7s %7s %7s |%s|", name, "-", "", "", "", spark(r.cols))
+		return fmt.Sprintf("%-14s %7s %7s %7s %7s |%s|", name, "-", "", "", "", spark(r.cols))
 	}
-	return fmt.Sprintf("%-13s %7.0f %7s %7s %7s |%s|", name, r.Rate, fmtUs(r.P50Us), fmtUs(r.P99Us), fmtUs(r.P999Us), spark(r.cols))
+	return fmt.Sprintf("%-14s %7.0f %7s %7s %7s |%s|", name, r.Rate, fmtUs(r.P50Us), fmtUs(r.P99Us), fmtUs(r.P999Us), spark(r.cols))
 }
 
-const rowHeader = "               rate/s     p50     p99    p999 |1µs  ×2 per col → |"
+const rowHeader = "                rate/s     p50     p99    p999 |1µs ×2 per column → |"
 
 // Text renders the frame as `hast perf` shows it: the engine's stages beside the kernel's, or
 // below them when width (a terminal's columns; 0 for any) is too narrow for both.
@@ -200,7 +200,7 @@ func (f Frame) Text(width int) string {
 			l += fmt.Sprintf(" %7.1f MB/s", float64(r.Bytes)/f.IntervalS/1e6)
 		}
 		if r.Errors > 0 {
-			l += fmt.Sprintf(" %d errors", r.Errors)
+			l += fmt.Sprintf(" errors %d", r.Errors)
 		}
 		right = append(right, l)
 	}
@@ -210,7 +210,7 @@ func (f Frame) Text(width int) string {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		right = append(right, fmt.Sprintf("%-18s %8d in the interval", n, f.Counters[n]))
+		right = append(right, fmt.Sprintf("%-14s %8d in the interval", n, f.Counters[n]))
 	}
 	col := len([]rune(rowHeader)) + 2
 	if width > 0 && width < col+len([]rune(rowHeader))+16 {
