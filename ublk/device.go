@@ -26,6 +26,8 @@ type Options struct {
 	// attaches a new server. Without it the driver deletes the disk when the server dies.
 	Recovery bool
 	Log      zerolog.Logger
+
+	failStart bool // tests: fail between arming the queues and START_DEV
 }
 
 // Device is one /dev/ublkbN serving a Volume.
@@ -39,6 +41,8 @@ type Device struct {
 	userCopy bool
 
 	closed    atomic.Bool // new requests fail with EIO
+	started   bool        // START_DEV (or END_USER_RECOVERY) succeeded
+	abandon   atomic.Bool // the device never started: queue threads exit when woken
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -92,7 +96,7 @@ func Create(vol replicate.Volume, opt Options) (*Device, error) {
 		ctrl.close()
 		return nil, err
 	}
-	if err := d.start(); err != nil {
+	if err := d.start(opt.failStart); err != nil {
 		d.teardown()
 		return nil, err
 	}
@@ -101,7 +105,7 @@ func Create(vol replicate.Volume, opt Options) (*Device, error) {
 	return d, nil
 }
 
-func (d *Device) start() error {
+func (d *Device) start(fail bool) error {
 	id := d.info.DevID
 	p := d.params()
 	if err := d.ctrl.setParams(id, &p); err != nil {
@@ -110,9 +114,16 @@ func (d *Device) start() error {
 	if err := d.startQueues(); err != nil {
 		return err
 	}
+	if fail {
+		return errors.New("ublk: start failed (test)")
+	}
 	// START_DEV returns once every tag has a FETCH_REQ armed and the disk is added (which
 	// reads the partition table through the queues already serving).
-	return d.ctrl.simple("START_DEV", cmdStartDev, id, uint64(os.Getpid()))
+	if err := d.ctrl.simple("START_DEV", cmdStartDev, id, uint64(os.Getpid())); err != nil {
+		return err
+	}
+	d.started = true
+	return nil
 }
 
 // startQueues opens /dev/ublkcN and starts every queue's thread, which arms FETCH_REQ.
@@ -189,7 +200,16 @@ func (d *Device) Close() error {
 func (d *Device) teardown() error {
 	id := d.info.DevID
 	var errs []error
-	if len(d.queues) > 0 {
+	switch {
+	case len(d.queues) > 0 && !d.started:
+		// STOP_DEV does nothing to a device that never started, so the armed FETCH_REQs
+		// would hold the queue threads for ever: wake them to close their rings, which
+		// cancels the commands.
+		d.abandon.Store(true)
+		for _, q := range d.queues {
+			q.wake()
+		}
+	case len(d.queues) > 0:
 		if err := d.ctrl.simple("STOP_DEV", cmdStopDev, id, 0); err != nil {
 			errs = append(errs, err)
 		}

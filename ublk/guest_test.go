@@ -373,6 +373,20 @@ func TestGuestLifecycle(t *testing.T) {
 		f.Close()
 	}
 	t.Logf("100 cycles in %v: %d requests served, %d failed at close", time.Since(start).Round(time.Millisecond), served, failed)
+	// A device whose start fails after its queues armed FETCH_REQ is torn down, not left hanging.
+	failed1 := make(chan error, 1)
+	go func() {
+		_, err := Create(vol, Options{Depth: 16, failStart: true})
+		failed1 <- err
+	}()
+	select {
+	case err := <-failed1:
+		if err == nil {
+			t.Fatal("Create with a failing start succeeded")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Create hung tearing down a device that never started")
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		left, _ := filepath.Glob("/sys/block/ublkb*")

@@ -171,6 +171,10 @@ func (q *queue) run(ready chan<- error) {
 			q.exited <- fmt.Errorf("ublk: queue %d: io_uring_enter: %w", q.id, err)
 			return
 		}
+		if q.d.abandon.Load() {
+			q.exited <- nil // the deferred ring.Close cancels the armed commands
+			return
+		}
 		for cqe := ring.PeekCQE(); cqe != nil; cqe = ring.PeekCQE() {
 			ud, res := cqe.UserData, cqe.Res
 			ring.AdvanceCQ(1)
@@ -211,6 +215,11 @@ func (q *queue) serve(tag uint16, d ioDesc) {
 	if !q.sleeping.CompareAndSwap(true, false) {
 		return // the queue thread is awake and will see the result
 	}
+	q.wake()
+}
+
+// wake makes the queue thread return from io_uring_enter.
+func (q *queue) wake() {
 	var one [8]byte
 	binary.LittleEndian.PutUint64(one[:], 1)
 	unix.Write(q.efd, one[:])

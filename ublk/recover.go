@@ -76,6 +76,7 @@ func Recover(id int, vol replicate.Volume, wait time.Duration, opt Options) (*De
 		d.teardown()
 		return nil, err
 	}
+	d.started = true
 	d.log.Info().Str("device", d.BlockPath()).Int("dead_server", int(info.ServerPID)).Msg("ublk device recovered")
 	return d, nil
 }
