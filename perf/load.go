@@ -55,7 +55,7 @@ func ParseGroups(s string) ([]Group, error) {
 type Group string
 
 const (
-	GroupBlock    Group = "block"    // block_rq_issue / block_rq_complete tracepoints
+	GroupBlock    Group = "block"    // BTF tracepoints block_rq_issue / block_rq_complete
 	GroupSyscalls Group = "syscalls" // raw tracepoints sys_enter / sys_exit
 	GroupSched    Group = "sched"    // BTF tracepoints sched_wakeup(_new) / sched_switch
 	GroupTCP      Group = "tcp"      // tcp_retransmit_skb / tcp_probe tracepoints
@@ -222,22 +222,42 @@ func (k *Kernel) loadSyscalls() error {
 }
 
 func (k *Kernel) loadBlock() error {
-	issue, err := tracepointFields("block", "block_rq_issue", "dev", "sector", "bytes", "rwbs")
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("kernel BTF: %w", err)
+	}
+	var f blockFields
+	for _, m := range []struct {
+		dst           *int16
+		strct, member string
+	}{
+		{&f.rqQ, "request", "q"}, {&f.rqFlags, "request", "cmd_flags"}, {&f.rqLen, "request", "__data_len"},
+		{&f.qDisk, "request_queue", "disk"}, {&f.major, "gendisk", "major"}, {&f.firstMinor, "gendisk", "first_minor"},
+	} {
+		if *m.dst, err = memberOffset(spec, m.strct, m.member); err != nil {
+			return err
+		}
+	}
+	start, err := k.newStart("hast_blk_start", 8, 16)
 	if err != nil {
 		return err
 	}
-	complete, err := tracepointFields("block", "block_rq_complete", "dev", "sector", "error")
-	if err != nil {
-		return err
+	return k.attach(btfTracepoint("block_rq_complete", blockComplete(start.FD(), k.hists.FD())),
+		btfTracepoint("block_rq_issue", blockIssue(f, k.devs.FD(), start.FD())))
+}
+
+// memberOffset is the byte offset of a (direct) member of a struct in the kernel's BTF.
+func memberOffset(spec *btf.Spec, strct, member string) (int16, error) {
+	var s *btf.Struct
+	if err := spec.TypeByName(strct, &s); err != nil {
+		return 0, fmt.Errorf("kernel BTF: struct %s: %w", strct, err)
 	}
-	f := blockFields{dev: issue["dev"], sector: issue["sector"], bytes: issue["bytes"], rwbs: issue["rwbs"],
-		cdev: complete["dev"], csector: complete["sector"], cerror: complete["error"]}
-	start, err := k.newStart("hast_blk_start", 16, 16)
-	if err != nil {
-		return err
+	for _, m := range s.Members {
+		if m.Name == member {
+			return int16(m.Offset.Bytes()), nil
+		}
 	}
-	return k.attach(tracepoint("block", "block_rq_complete", blockComplete(f, start.FD(), k.hists.FD())),
-		tracepoint("block", "block_rq_issue", blockIssue(f, k.devs.FD(), start.FD())))
+	return 0, fmt.Errorf("kernel BTF: struct %s has no member %s", strct, member)
 }
 
 func (k *Kernel) loadSched() error {
@@ -245,24 +265,12 @@ func (k *Kernel) loadSched() error {
 	if err != nil {
 		return fmt.Errorf("kernel BTF: %w", err)
 	}
-	var ts *btf.Struct
-	if err := spec.TypeByName("task_struct", &ts); err != nil {
-		return fmt.Errorf("kernel BTF: %w", err)
-	}
 	var t taskFields
-	found := 0
-	for _, m := range ts.Members {
-		switch m.Name {
-		case "pid":
-			t.pid = int16(m.Offset.Bytes())
-			found++
-		case "tgid":
-			t.tgid = int16(m.Offset.Bytes())
-			found++
-		}
+	if t.pid, err = memberOffset(spec, "task_struct", "pid"); err != nil {
+		return err
 	}
-	if found != 2 {
-		return errors.New("kernel BTF: task_struct has no pid or tgid")
+	if t.tgid, err = memberOffset(spec, "task_struct", "tgid"); err != nil {
+		return err
 	}
 	// sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 	// unsigned int prev_state) since Linux 5.18; refuse anything else.
@@ -501,6 +509,15 @@ func (k *Kernel) Snapshot() Snapshot {
 	for c := Counter(0); c < numCounters; c++ {
 		s.Counters[c.String()] = atomic.LoadUint64(&k.slots[int(numProbes)*stride+int(c)])
 	}
+	// A program that fires while it (or, for classic tracepoints, any tracing program) is
+	// already running on the CPU is skipped by the kernel: those events are lost.
+	var misses uint64
+	for _, p := range k.progs {
+		if st, err := p.Stats(); err == nil {
+			misses += st.RecursionMisses
+		}
+	}
+	s.Counters["probe_misses"] = misses
 	for g, err := range k.failed {
 		if s.Failed == nil {
 			s.Failed = map[string]string{}

@@ -71,8 +71,8 @@ func load(t *testing.T, opt Options) *Kernel {
 }
 
 // TestSyscallsAndBlock issues a known number of O_DIRECT pwrite64 and fdatasync calls on a
-// loop device of its own: the syscall and block probes count exactly those, and every block
-// write lies inside the pwrite64 that issued it.
+// loop device of its own, with reads of the same blocks beside them: the syscall and block
+// probes count exactly those, and the block writes' time lies inside the pwrite64 calls'.
 func TestSyscallsAndBlock(t *testing.T) {
 	dev := loopDevice(t, 64<<20)
 	k := load(t, Options{Devices: []string{dev}})
@@ -80,7 +80,28 @@ func TestSyscallsAndBlock(t *testing.T) {
 		t.Fatalf("devices %v for %s", got, dev)
 	}
 	fd, buf := openDirect(t, dev)
+	// A reader in another goroutine reads the same blocks meanwhile: a read and a write of one
+	// sector in flight at once are two requests.
+	rfd, rbuf := openDirect(t, dev)
+	stop := make(chan struct{})
+	reads := make(chan int, 1)
 	before := k.Snapshot()
+	go func() {
+		n := 0
+		for ; ; n++ {
+			select {
+			case <-stop:
+				reads <- n
+				return
+			default:
+			}
+			if _, err := unix.Pread(rfd, rbuf, int64(n%500)*4096); err != nil {
+				t.Error(err)
+				reads <- n
+				return
+			}
+		}
+	}()
 	const writes, syncs = 500, 10
 	for i := range writes {
 		if _, err := unix.Pwrite(fd, buf, int64(i)*4096); err != nil {
@@ -92,16 +113,25 @@ func TestSyscallsAndBlock(t *testing.T) {
 			}
 		}
 	}
+	close(stop)
+	nreads := <-reads
 	after := k.Snapshot()
 	d := func(name string) Hist { return after.Probes[name].Sub(before.Probes[name]) }
 	pw, fs, bw := d("sys_pwrite"), d("sys_fsync"), d("block_write")
+	pr, br := d("sys_pread"), d("block_read")
+	bf := d("block_flush")
+	t.Logf("reader: %d pread64, %d counted; block reads %d; block flushes %d; probe misses %d", nreads, pr.Count(), br.Count(), bf.Count(),
+		after.Counters["probe_misses"]-before.Counters["probe_misses"])
+	if pr.Count() != uint64(nreads) || br.Count() < uint64(nreads) {
+		t.Errorf("%d reads issued: %d pread64 and %d block reads counted", nreads, pr.Count(), br.Count())
+	}
 	t.Logf("pwrite64: n=%d p50=%v p99=%v; fdatasync: n=%d; block writes: n=%d p50=%v p99=%v",
 		pw.Count(), pw.Quantile(.5), pw.Quantile(.99), fs.Count(), bw.Count(), bw.Quantile(.5), bw.Quantile(.99))
 	if pw.Count() != writes || pw.Bytes != writes*4096 || pw.Errors != 0 {
 		t.Errorf("pwrite64: %d calls, %d bytes, %d errors; issued %d of 4096 bytes", pw.Count(), pw.Bytes, pw.Errors, writes)
 	}
-	if fs.Count() != syncs {
-		t.Errorf("fdatasync: %d calls, issued %d", fs.Count(), syncs)
+	if fs.Count() != syncs || bf.Count() != syncs {
+		t.Errorf("fdatasync: %d calls and %d block flushes, issued %d", fs.Count(), bf.Count(), syncs)
 	}
 	if bw.Count() != writes || bw.Bytes != writes*4096 || bw.Errors != 0 {
 		t.Errorf("block writes: %d requests, %d bytes, %d errors; issued %d of 4096 bytes", bw.Count(), bw.Bytes, bw.Errors, writes)

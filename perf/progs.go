@@ -268,60 +268,71 @@ func sysExit(tgid uint32, slots, hists int) asm.Instructions {
 	return append(in, exit...)
 }
 
-// blockFields are the offsets of the block_rq_issue / block_rq_complete tracepoint records.
+// blockFields are offsets from the kernel's BTF: struct request's q, cmd_flags and
+// __data_len, struct request_queue's disk, struct gendisk's major and first_minor.
 type blockFields struct {
-	dev, sector, bytes, rwbs int16 // issue
-	cdev, csector, cerror    int16 // complete
+	rqQ, rqFlags, rqLen int16
+	qDisk               int16
+	major, firstMinor   int16
 }
 
-// blockKey stores (dev, sector) of the record in R6 at stack offset -16.
-func blockKey(dev, sector int16) asm.Instructions {
-	return asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R6, dev, asm.Word),
-		asm.StoreMem(asm.RFP, -16, asm.R2, asm.DWord),
-		asm.LoadMem(asm.R2, asm.R6, sector, asm.DWord),
-		asm.StoreMem(asm.RFP, -8, asm.R2, asm.DWord),
-	}
-}
+// blockOps maps a request's operation (cmd_flags & REQ_OP_MASK) to its probe: REQ_OP_READ 0,
+// REQ_OP_WRITE 1, REQ_OP_DISCARD 3; anything else (REQ_OP_FLUSH 2 among them) is a flush.
+var blockOps = []struct {
+	op    int32
+	probe Probe
+}{{0, BlockRead}, {1, BlockWrite}, {3, BlockDiscard}}
 
-// blockIssue (tracepoint block:block_rq_issue) stores {now, probe | bytes<<32} under
-// (dev, sector) for requests on the devices in the devs map.
+// blockIssue (BTF tracepoint block_rq_issue(struct request *rq)) stores {now, probe |
+// bytes<<32} under the request's address for requests on the devices in the devs map. A BTF
+// tracepoint, unlike a classic one, is not skipped when it fires while another BPF program
+// runs on the CPU (a completion interrupt during an issue).
 func blockIssue(f blockFields, devs, start int) asm.Instructions {
 	in := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, f.dev, asm.Word),
-		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+		asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord), // rq
+		asm.StoreMem(asm.RFP, -8, asm.R6, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, f.rqQ, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R2, f.qDisk, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R2, f.major, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, f.firstMinor, asm.Word),
+		asm.LSh.Imm(asm.R3, 20),
+		asm.Or.Reg(asm.R3, asm.R4),
+		asm.StoreMem(asm.RFP, -12, asm.R3, asm.Word),
 	}
-	in = append(in, call(asm.FnMapLookupElem, devs, -4, 0)...)
-	in = append(in, asm.JEq.Imm(asm.R0, 0, "exit"))
-	in = append(in, blockKey(f.dev, f.sector)...)
+	in = append(in, call(asm.FnMapLookupElem, devs, -12, 0)...)
 	in = append(in,
-		// rwbs: an optional leading F (preflush), then the operation.
-		asm.LoadMem(asm.R3, asm.R6, f.rwbs, asm.Byte),
-		asm.JNE.Imm(asm.R3, 'F', "op"),
-		asm.LoadMem(asm.R3, asm.R6, f.rwbs+1, asm.Byte),
-		asm.Mov.Imm(asm.R8, int32(BlockWrite)).WithSymbol("op"),
-		asm.JEq.Imm(asm.R3, 'W', "class"),
-		asm.Mov.Imm(asm.R8, int32(BlockRead)),
-		asm.JEq.Imm(asm.R3, 'R', "class"),
-		asm.Mov.Imm(asm.R8, int32(BlockDiscard)),
-		asm.JEq.Imm(asm.R3, 'D', "class"),
+		asm.JEq.Imm(asm.R0, 0, "exit"),
+		asm.LoadMem(asm.R3, asm.R6, f.rqFlags, asm.Word),
+		asm.And.Imm(asm.R3, 0xff), // REQ_OP_MASK
 		asm.Mov.Imm(asm.R8, int32(BlockFlush)),
-		asm.LoadMem(asm.R3, asm.R6, f.bytes, asm.Word).WithSymbol("class"),
+	)
+	for _, o := range blockOps {
+		in = append(in,
+			asm.JNE.Imm(asm.R3, o.op, fmt.Sprintf("op%d", o.op)),
+			asm.Mov.Imm(asm.R8, int32(o.probe)),
+			asm.Mov.Imm(asm.R5, 0).WithSymbol(fmt.Sprintf("op%d", o.op)),
+		)
+	}
+	in = append(in,
+		asm.LoadMem(asm.R3, asm.R6, f.rqLen, asm.Word),
 		asm.LSh.Imm(asm.R3, 32),
 		asm.Or.Reg(asm.R8, asm.R3),
 		asm.StoreMem(asm.RFP, -24, asm.R8, asm.DWord),
 	)
-	in = append(in, stamp(start, -16, -32)...)
+	in = append(in, stamp(start, -8, -32)...)
 	return append(in, exit...)
 }
 
-// blockComplete (tracepoint block:block_rq_complete) counts the request stored by blockIssue.
-func blockComplete(f blockFields, start, hists int) asm.Instructions {
-	in := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
-	in = append(in, blockKey(f.cdev, f.csector)...)
-	in = append(in, asm.LoadMem(asm.R6, asm.R6, f.cerror, asm.Word))
-	in = append(in, take(start, -16, true)...)
+// blockComplete (BTF tracepoint block_rq_complete(struct request *rq, blk_status_t error,
+// unsigned int nr_bytes)) counts the request stored by blockIssue.
+func blockComplete(start, hists int) asm.Instructions {
+	in := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.DWord),
+		asm.StoreMem(asm.RFP, -8, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R6, asm.R1, 8, asm.DWord), // error
+		asm.And.Imm(asm.R6, 0xff),
+	}
+	in = append(in, take(start, -8, true)...)
 	in = append(in,
 		asm.Mov.Reg(asm.R7, asm.R8),
 		asm.And.Imm(asm.R7, 0xff), // probe
