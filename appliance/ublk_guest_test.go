@@ -332,3 +332,84 @@ func TestGuestUblkDaemonKilled(t *testing.T) {
 		t.Fatal("/dev/hast/disk2 still exists on a secondary")
 	}
 }
+
+// TestGuestUblkRoleCycles: 100 promote/demote cycles of a resource whose device has writers in
+// flight (the demotion is forced) leave no device behind, and the daemon's file descriptors
+// and threads (each ublk queue has one) do not grow.
+func TestGuestUblkRoleCycles(t *testing.T) {
+	if imagetest.Boot(t, imagetest.Options{Modules: []string{imagetest.ModUblk}, MemoryMB: 768, Timeout: 240 * time.Second}) {
+		return
+	}
+	c, out := newTestCluster(t, ClusterOptions{Resources: 1, DiskSize: 16 << 20})
+	if err := c.Pair(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	prim := c.Nodes[0]
+	pid := prim.cmd.Process.Pid
+	cl := mustClient(t, c, prim) // one client: each in-process CLI call keeps its own idle connection
+	count := func() (fds, threads int) {
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		for _, l := range strings.Split(string(st), "\n") {
+			fmt.Sscanf(l, "Threads: %d", &threads)
+		}
+		return len(ents), threads
+	}
+	var fds0, threads0 int
+	start := time.Now()
+	for i := range 100 {
+		if i == 1 {
+			fds0, threads0 = count()
+		}
+		f, err := os.OpenFile("/dev/hast/disk1", os.O_RDWR|unix.O_DIRECT, 0)
+		if err != nil {
+			t.Fatalf("cycle %d: %v\n%s", i, err, c.LogTail(prim))
+		}
+		done := make(chan int)
+		for w := range 2 {
+			go func() {
+				buf, _ := unix.Mmap(-1, 0, 16<<10, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+				defer unix.Munmap(buf)
+				n := 0
+				for j := 0; ; j++ {
+					if _, err := f.WriteAt(buf, int64(w*512+j%512)*16<<10); err != nil {
+						break
+					}
+					n++
+				}
+				done <- n
+			}()
+		}
+		time.Sleep(20 * time.Millisecond)
+		if res, err := cl.SetRole("secondary", true, "disk1"); err != nil || res[0].Error != "" {
+			t.Fatalf("cycle %d: forced demotion: %v %+v\n%s", i, err, res, c.LogTail(prim))
+		}
+		<-done
+		<-done
+		f.Close()
+		if res, err := cl.SetRole("primary", false, "disk1"); err != nil || res[0].Error != "" {
+			t.Fatalf("cycle %d: promotion: %v %+v\n%s", i, err, res, c.LogTail(prim))
+		}
+	}
+	fds, threads := count()
+	t.Logf("100 cycles in %v; daemon fds %d -> %d, threads %d -> %d", time.Since(start).Round(time.Millisecond), fds0, fds, threads0, threads)
+	if fds > fds0 {
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		kinds := map[string]int{}
+		for _, e := range ents {
+			target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+			if i := strings.IndexByte(target, ':'); i > 0 && !strings.HasPrefix(target, "/") {
+				target = target[:i]
+			}
+			kinds[target]++
+		}
+		t.Fatalf("the daemon holds %d file descriptors, %d after the first cycle: %v", fds, fds0, kinds)
+	}
+	if threads > threads0+2 { // the Go runtime may start a spare thread or two
+		t.Fatalf("the daemon runs %d threads, %d after the first cycle", threads, threads0)
+	}
+	left, _ := filepath.Glob("/dev/ublkc*")
+	if len(left) != 1 {
+		t.Fatalf("ublk devices after the cycles: %v, want only the current one", left)
+	}
+}
