@@ -768,6 +768,9 @@ func TestKeepalivedFencing(t *testing.T) {
 		ld.stop()
 		fl.close()
 		e.waitComplete(e.h2)
+		// hast1's check fails while it is being resynchronised (and a little after a refusal):
+		// FAULT until the track script next succeeds.
+		f.waitFor("hast1's keepalived back in BACKUP", 30*time.Second, func() bool { return f.vrrpState(0) == "BACKUP" })
 		if f.hasVIP(0) || !f.hasVIP(1) || f.vrrpState(0) != "BACKUP" {
 			t.Fatalf("after the return: address on hast1 %v, on hast2 %v, hast1 VRRP %s", f.hasVIP(0), f.hasVIP(1), f.vrrpState(0))
 		}
