@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"hast/internal/faultnet"
 	"hast/perf"
 )
 
@@ -134,29 +135,11 @@ func TestPerfProbesMatchTheEngine(t *testing.T) {
 		t.Errorf("%d JSON frames for --count 2:\n%s", frames, js.String())
 	}
 	// The terminal view while a writer keeps writing: both sides show the writes.
-	v, err = c.Volume(p, "disk1")
-	must(t, err)
-	stop, wrote := make(chan struct{}), make(chan error, 1)
-	go func() {
-		defer v.Close()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				wrote <- nil
-				return
-			default:
-			}
-			if _, err := v.WriteAt(buf, int64(i%4096)*4096); err != nil {
-				wrote <- err
-				return
-			}
-		}
-	}()
+	stop := keepWriting(t, c, p)
 	var text strings.Builder
 	cli = &CLI{Stdout: &text, Stderr: &text}
 	code := cli.Main([]string{"perf", "-c", c.Conf, "--node", p.Name, "--count", "1", "--interval", "500ms"})
-	close(stop)
-	must(t, <-wrote)
+	stop()
 	if code != 0 {
 		t.Fatalf("hast perf: status %d: %s", code, text.String())
 	}
@@ -254,5 +237,75 @@ func TestPerfProbesRefused(t *testing.T) {
 	err = c.Start(p, "--probes", "on")
 	if err == nil || !strings.Contains(err.Error(), "exited during start-up") || !strings.Contains(err.Error(), "perf: ") {
 		t.Errorf("--probes on without BPF: %v", err)
+	}
+}
+
+// TestPerfShowsALossyLink is the worked example of docs/perf.md: the two nodes in network
+// namespaces, 10 % of the packets on their link dropped, one writer at depth 1. hast perf shows
+// where the time goes: the peer stage, with TCP retransmitting on the replication connection.
+func TestPerfShowsALossyLink(t *testing.T) {
+	fn, err := faultnet.New()
+	must(t, err)
+	t.Cleanup(func() {
+		if err := fn.Close(); err != nil {
+			t.Errorf("remove network: %v", err)
+		}
+	})
+	c, _ := newTestCluster(t, ClusterOptions{IPs: [2]string{fn.IP[0], fn.IP[1]}, Wrap: fn.WrapNodes([2]string{"hast1", "hast2"})},
+		[]string{"--probes", "on"})
+	p := c.Nodes[0]
+	pair(t, c)
+	must(t, fn.Loss(10))
+	stop := keepWriting(t, c, p)
+	var js, text strings.Builder
+	cli := &CLI{Stdout: &js, Stderr: &js}
+	code := cli.Main([]string{"perf", "-c", c.Conf, "--node", p.Name, "-o", "json", "--count", "1", "--interval", "2s", "disk1"})
+	cli = &CLI{Stdout: &text, Stderr: &text}
+	code2 := cli.Main([]string{"perf", "-c", c.Conf, "--node", p.Name, "--count", "1", "--interval", "2s", "disk1"})
+	stop()
+	if code != 0 || code2 != 0 {
+		t.Fatalf("hast perf: status %d, %d: %s\n%s", code, code2, js.String(), text.String())
+	}
+	var f perf.Frame
+	must(t, json.Unmarshal([]byte(js.String()), &f))
+	var peer perf.Row
+	for _, r := range f.Engine {
+		if r.Name == "peer" {
+			peer = r
+		}
+	}
+	t.Logf("frame: %d writes waited for the peer (p99 %.0f µs); %d retransmits", peer.Count, peer.P99Us, f.Counters["tcp_retransmits"])
+	if peer.Count == 0 || f.Counters["tcp_retransmits"] == 0 {
+		t.Errorf("over a link losing 10 %% of its packets: %d peer waits, %d retransmits:\n%s", peer.Count, f.Counters["tcp_retransmits"], js.String())
+	}
+	t.Logf("hast perf over a lossy link:\n%s", text.String())
+}
+
+// keepWriting writes 4 KiB blocks at depth 1 to node n's disk1 until the returned function is
+// called (which fails the test if a write failed).
+func keepWriting(t *testing.T, c *Cluster, n *Node) (stop func()) {
+	t.Helper()
+	v, err := c.Volume(n, "disk1")
+	must(t, err)
+	done, wrote := make(chan struct{}), make(chan error, 1)
+	go func() {
+		defer v.Close()
+		buf := make([]byte, 4096)
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				wrote <- nil
+				return
+			default:
+			}
+			if _, err := v.WriteAt(buf, int64(i%4096)*4096); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		must(t, <-wrote)
 	}
 }

@@ -37,6 +37,7 @@ type Counter int
 
 const (
 	TCPRetransmits Counter = iota // segments retransmitted on the replication connections
+	BlockLost                     // block requests not counted: their slot was taken by another
 	numCounters
 )
 
@@ -44,7 +45,7 @@ var probeNames = [numProbes]string{"block_write", "block_read", "block_flush", "
 	"sys_pwrite", "sys_pread", "sys_fsync", "sys_io_uring_enter", "sys_send", "sys_recv",
 	"runqueue", "tcp_srtt"}
 
-var counterNames = [numCounters]string{"tcp_retransmits"}
+var counterNames = [numCounters]string{"tcp_retransmits", "block_lost"}
 
 func (p Probe) String() string   { return probeNames[p] }
 func (c Counter) String() string { return counterNames[c] }

@@ -55,7 +55,7 @@ func ParseGroups(s string) ([]Group, error) {
 type Group string
 
 const (
-	GroupBlock    Group = "block"    // BTF tracepoints block_rq_issue / block_rq_complete
+	GroupBlock    Group = "block"    // raw tracepoints block_rq_issue / block_rq_complete
 	GroupSyscalls Group = "syscalls" // raw tracepoints sys_enter / sys_exit
 	GroupSched    Group = "sched"    // BTF tracepoints sched_wakeup(_new) / sched_switch
 	GroupTCP      Group = "tcp"      // tcp_retransmit_skb / tcp_probe tracepoints
@@ -145,18 +145,9 @@ func (k *Kernel) failedErr() error {
 	return fmt.Errorf("perf: no probe could be attached: %w", errors.Join(errs...))
 }
 
-// newSlots makes an array of per-thread slots (see slot in progs.go).
-func (k *Kernel) newSlots(name string) (*ebpf.Map, error) {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1 << slotBits})
-	if err != nil {
-		return nil, err
-	}
-	k.starts = append(k.starts, m)
-	return m, nil
-}
-
-func (k *Kernel) newStart(name string, key, val uint32) (*ebpf.Map, error) {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.Hash, KeySize: key, ValueSize: val, MaxEntries: 16384})
+// newArray makes an array of per-thread or per-request slots (see slot and rqSlot).
+func (k *Kernel) newArray(name string, value, entries uint32) (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.Array, KeySize: 4, ValueSize: value, MaxEntries: entries})
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +204,7 @@ func (k *Kernel) attach(ps ...probe) error {
 }
 
 func (k *Kernel) loadSyscalls() error {
-	slots, err := k.newSlots("hast_sys_slots")
+	slots, err := k.newArray("hast_sys_slots", 16, 1<<slotBits)
 	if err != nil {
 		return err
 	}
@@ -238,12 +229,12 @@ func (k *Kernel) loadBlock() error {
 			return err
 		}
 	}
-	start, err := k.newStart("hast_blk_start", 8, 16)
+	slots, err := k.newArray("hast_blk_slots", 24, 1<<rqSlotBits)
 	if err != nil {
 		return err
 	}
-	return k.attach(btfTracepoint("block_rq_complete", blockComplete(start.FD(), k.hists.FD())),
-		btfTracepoint("block_rq_issue", blockIssue(f, k.devs.FD(), start.FD())))
+	return k.attach(rawTracepoint("block_rq_complete", blockComplete(slots.FD(), k.hists.FD())),
+		rawTracepoint("block_rq_issue", blockIssue(f, k.devs.FD(), slots.FD(), k.hists.FD())))
 }
 
 // memberOffset is the byte offset of a (direct) member of a struct in the kernel's BTF.
@@ -283,7 +274,7 @@ func (k *Kernel) loadSched() error {
 	} else if fp, ok := ptr.Target.(*btf.FuncProto); !ok || len(fp.Params) != 5 {
 		return fmt.Errorf("kernel BTF: sched_switch has an unexpected prototype %v", ptr.Target)
 	}
-	runq, err := k.newSlots("hast_runq_slots")
+	runq, err := k.newArray("hast_runq_slots", 16, 1<<slotBits)
 	if err != nil {
 		return err
 	}

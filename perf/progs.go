@@ -89,36 +89,6 @@ func call(fn asm.BuiltinFunc, m int, key, val int16) asm.Instructions {
 	return append(in, fn.Call())
 }
 
-// stamp stores the current time at stack offset val and puts the value under the key at
-// stack offset key into map m.
-func stamp(m int, key, val int16) asm.Instructions {
-	in := asm.Instructions{
-		asm.FnKtimeGetNs.Call(),
-		asm.StoreMem(asm.RFP, val, asm.R0, asm.DWord),
-	}
-	return append(in, call(asm.FnMapUpdateElem, m, key, val)...)
-}
-
-// take looks up the start stored under the key at stack offset key in map m, exits if there is
-// none, and otherwise deletes it, leaving the time since in R9 and, with second, the value's
-// second u64 in R8. Clobbers R0–R5 and R7.
-func take(m int, key int16, second bool) asm.Instructions {
-	in := call(asm.FnMapLookupElem, m, key, 0)
-	in = append(in,
-		asm.JEq.Imm(asm.R0, 0, "exit"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.DWord),
-	)
-	if second {
-		in = append(in, asm.LoadMem(asm.R8, asm.R0, 8, asm.DWord))
-	}
-	in = append(in,
-		asm.FnKtimeGetNs.Call(),
-		asm.Sub.Reg(asm.R0, asm.R7),
-		asm.Mov.Reg(asm.R9, asm.R0),
-	)
-	return append(in, call(asm.FnMapDeleteElem, m, key, 0)...)
-}
-
 // Per-thread starts (system calls, run-queue waits) live in an array indexed by the low
 // slotBits of the thread id, not in a hash map: the kernel inlines an array lookup, where a
 // hash update and delete cost a few hundred nanoseconds on every system call. A slot holds
@@ -150,15 +120,16 @@ func begin(tidReg, wReg asm.Register) asm.Instructions {
 	}
 }
 
-// end takes the start the slot at R0 holds for the thread id in tidReg, or exits: it leaves the
-// time since in R9 and the slot's word in R8, and clears the slot. Clobbers R0–R5 and R7.
-func end(tidReg asm.Register) asm.Instructions {
+// end takes the start (at offset 8) the slot at R0 holds for the id in idReg (at offset 0, of
+// idSize), or exits: it leaves the time since in R9 and the slot's word (at wordOff, of
+// wordSize) in R8, and clears the start. Clobbers R0–R5 and R7.
+func end(idReg asm.Register, idSize asm.Size, wordOff int16, wordSize asm.Size) asm.Instructions {
 	return asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
-		asm.JNE.Reg(asm.R2, tidReg, "exit"),
+		asm.LoadMem(asm.R2, asm.R0, 0, idSize),
+		asm.JNE.Reg(asm.R2, idReg, "exit"),
 		asm.LoadMem(asm.R7, asm.R0, 8, asm.DWord),
 		asm.JEq.Imm(asm.R7, 0, "exit"),
-		asm.LoadMem(asm.R8, asm.R0, 4, asm.Word),
+		asm.LoadMem(asm.R8, asm.R0, wordOff, wordSize),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.StoreMem(asm.R0, 8, asm.R2, asm.DWord),
 		asm.FnKtimeGetNs.Call(),
@@ -252,7 +223,7 @@ func sysExit(tgid uint32, slots, hists int) asm.Instructions {
 		asm.LoadMem(asm.R7, asm.RFP, -8, asm.Word), // thread id
 	)
 	in = append(in, slot(slots, asm.R7)...)
-	in = append(in, end(asm.R7)...)
+	in = append(in, end(asm.R7, asm.Word, 4, asm.Word)...)
 	var probes []Probe
 	moves := map[Probe]bool{}
 	for _, c := range sysClasses {
@@ -283,26 +254,76 @@ var blockOps = []struct {
 	probe Probe
 }{{0, BlockRead}, {1, BlockWrite}, {3, BlockDiscard}}
 
-// blockIssue (BTF tracepoint block_rq_issue(struct request *rq)) stores {now, probe |
-// bytes<<32} under the request's address for requests on the devices in the devs map. A BTF
-// tracepoint, unlike a classic one, is not skipped when it fires while another BPF program
-// runs on the CPU (a completion interrupt during an issue).
-func blockIssue(f blockFields, devs, start int) asm.Instructions {
+// Requests in flight live in an array indexed by bits of the request's address (requests of a
+// queue are carved from contiguous memory, a cache line or more apart), not in a hash map: a
+// hash map update from a program that interrupted another one holding the same bucket lock on
+// the CPU fails (a dispatch from a completion interrupt), and that request would be lost. A
+// slot holds {u64 request, u64 start, u64 probe | bytes<<32}; two requests in flight at once
+// in one slot lose a sample.
+const (
+	rqSlotBits  = 16
+	rqSlotShift = 6
+)
+
+// rqSlot leaves in R0 the slot of the request whose address (a scalar) is in R6. Clobbers
+// R1–R5.
+func rqSlot(m int) asm.Instructions {
 	in := asm.Instructions{
-		asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord), // rq
-		asm.StoreMem(asm.RFP, -8, asm.R6, asm.DWord),
-		asm.LoadMem(asm.R2, asm.R6, f.rqQ, asm.DWord),
-		asm.LoadMem(asm.R2, asm.R2, f.qDisk, asm.DWord),
-		asm.LoadMem(asm.R3, asm.R2, f.major, asm.Word),
-		asm.LoadMem(asm.R4, asm.R2, f.firstMinor, asm.Word),
-		asm.LSh.Imm(asm.R3, 20),
-		asm.Or.Reg(asm.R3, asm.R4),
-		asm.StoreMem(asm.RFP, -12, asm.R3, asm.Word),
+		// Fold the address's higher bits in: requests are carved from chunks of 64 KiB or
+		// more that may lie any multiple of the array's span apart.
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.RSh.Imm(asm.R2, rqSlotShift),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, rqSlotBits),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.RSh.Imm(asm.R3, rqSlotBits),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.And.Imm(asm.R2, 1<<rqSlotBits-1),
+		asm.StoreMem(asm.RFP, -24, asm.R2, asm.Word),
 	}
-	in = append(in, call(asm.FnMapLookupElem, devs, -12, 0)...)
+	in = append(in, call(asm.FnMapLookupElem, m, -24, 0)...)
+	return append(in, asm.JEq.Imm(asm.R0, 0, "exit"))
+}
+
+// readKernel copies size bytes at off from the kernel address in src to stack offset dst and
+// loads them into dst register r (zero when the read fails). Clobbers R0–R5.
+func readKernel(r asm.Register, dst int16, size asm.Size, src asm.Register, off int16) asm.Instructions {
+	in := asm.Instructions{
+		asm.Mov.Imm(asm.R2, 0),
+		asm.StoreMem(asm.RFP, dst, asm.R2, asm.DWord),
+	}
+	in = append(in, fp(asm.R1, dst)...)
 	in = append(in,
-		asm.JEq.Imm(asm.R0, 0, "exit"),
-		asm.LoadMem(asm.R3, asm.R6, f.rqFlags, asm.Word),
+		asm.Mov.Imm(asm.R2, int32(size.Sizeof())),
+		asm.Mov.Reg(asm.R3, src),
+		asm.Add.Imm(asm.R3, int32(off)),
+		asm.FnProbeReadKernel.Call(),
+		asm.LoadMem(r, asm.RFP, dst, size),
+	)
+	return in
+}
+
+// blockIssue (raw tracepoint block_rq_issue(struct request *rq)) records the start, probe and
+// bytes of requests on the devices in the devs map. Raw tracepoints, unlike classic ones, are
+// not skipped when they fire while another program runs on the CPU (a completion interrupt
+// during an issue); their arguments are plain numbers, so the request is read with
+// bpf_probe_read_kernel at offsets from the kernel's BTF.
+func blockIssue(f blockFields, devs, slots, hists int) asm.Instructions {
+	in := asm.Instructions{asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord)} // rq
+	in = append(in, readKernel(asm.R7, -48, asm.DWord, asm.R6, f.rqQ)...)
+	in = append(in, readKernel(asm.R7, -48, asm.DWord, asm.R7, f.qDisk)...)
+	in = append(in, asm.JEq.Imm(asm.R7, 0, "exit"))
+	in = append(in, readKernel(asm.R8, -48, asm.Word, asm.R7, f.major)...)
+	in = append(in, readKernel(asm.R9, -48, asm.Word, asm.R7, f.firstMinor)...)
+	in = append(in,
+		asm.LSh.Imm(asm.R8, 20),
+		asm.Or.Reg(asm.R8, asm.R9),
+		asm.StoreMem(asm.RFP, -12, asm.R8, asm.Word),
+	)
+	in = append(in, call(asm.FnMapLookupElem, devs, -12, 0)...)
+	in = append(in, asm.JEq.Imm(asm.R0, 0, "exit"))
+	in = append(in, readKernel(asm.R3, -48, asm.Word, asm.R6, f.rqFlags)...)
+	in = append(in,
 		asm.And.Imm(asm.R3, 0xff), // REQ_OP_MASK
 		asm.Mov.Imm(asm.R8, int32(BlockFlush)),
 	)
@@ -313,30 +334,49 @@ func blockIssue(f blockFields, devs, start int) asm.Instructions {
 			asm.Mov.Imm(asm.R5, 0).WithSymbol(fmt.Sprintf("op%d", o.op)),
 		)
 	}
+	in = append(in, readKernel(asm.R3, -48, asm.Word, asm.R6, f.rqLen)...)
 	in = append(in,
-		asm.LoadMem(asm.R3, asm.R6, f.rqLen, asm.Word),
 		asm.LSh.Imm(asm.R3, 32),
 		asm.Or.Reg(asm.R8, asm.R3),
-		asm.StoreMem(asm.RFP, -24, asm.R8, asm.DWord),
 	)
-	in = append(in, stamp(start, -8, -32)...)
+	in = append(in, rqSlot(slots)...)
+	// A slot still holding another request's start: that request will not be counted.
+	in = append(in,
+		asm.LoadMem(asm.R2, asm.R0, 8, asm.DWord),
+		asm.JEq.Imm(asm.R2, 0, "free"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.DWord),
+		asm.JEq.Reg(asm.R2, asm.R6, "free"),
+		asm.Mov.Reg(asm.R9, asm.R0),
+	)
+	in = append(in, bump(hists, counterOff(BlockLost))...)
+	in = append(in,
+		asm.Mov.Reg(asm.R0, asm.R9),
+		asm.StoreMem(asm.R0, 0, asm.R6, asm.DWord).WithSymbol("free"),
+		asm.StoreMem(asm.R0, 16, asm.R8, asm.DWord),
+		asm.Mov.Reg(asm.R9, asm.R0),
+		asm.FnKtimeGetNs.Call(),
+		asm.StoreMem(asm.R9, 8, asm.R0, asm.DWord),
+	)
 	return append(in, exit...)
 }
 
-// blockComplete (BTF tracepoint block_rq_complete(struct request *rq, blk_status_t error,
-// unsigned int nr_bytes)) counts the request stored by blockIssue.
-func blockComplete(start, hists int) asm.Instructions {
+// blockComplete (raw tracepoint block_rq_complete(struct request *rq, blk_status_t error,
+// unsigned int nr_bytes): its arguments are plain numbers) counts the request recorded by
+// blockIssue.
+func blockComplete(slots, hists int) asm.Instructions {
 	in := asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R1, 0, asm.DWord),
-		asm.StoreMem(asm.RFP, -8, asm.R2, asm.DWord),
-		asm.LoadMem(asm.R6, asm.R1, 8, asm.DWord), // error
-		asm.And.Imm(asm.R6, 0xff),
+		asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord), // rq
+		asm.LoadMem(asm.R7, asm.R1, 8, asm.DWord), // error
+		asm.And.Imm(asm.R7, 0xff),
+		asm.StoreMem(asm.RFP, -32, asm.R7, asm.DWord),
 	}
-	in = append(in, take(start, -8, true)...)
+	in = append(in, rqSlot(slots)...)
+	in = append(in, end(asm.R6, asm.DWord, 16, asm.DWord)...)
 	in = append(in,
 		asm.Mov.Reg(asm.R7, asm.R8),
-		asm.And.Imm(asm.R7, 0xff), // probe
-		asm.RSh.Imm(asm.R8, 32),   // bytes
+		asm.And.Imm(asm.R7, 0xff),                    // probe
+		asm.RSh.Imm(asm.R8, 32),                      // bytes
+		asm.LoadMem(asm.R6, asm.RFP, -32, asm.DWord), // error
 	)
 	in = append(in, dispatch(hists, asm.R7, []Probe{BlockWrite, BlockRead, BlockFlush, BlockDiscard}, asm.R6, false,
 		func(Probe) asm.Register { return asm.R8 })...)
@@ -382,7 +422,7 @@ func switchIn(tgid uint32, t taskFields, runq, hists int) asm.Instructions {
 	in = append(in, ifDaemonThread(tgid, t, "exit")...)
 	in = append(in, asm.Mov.Reg(asm.R6, asm.R8))
 	in = append(in, slot(runq, asm.R6)...)
-	in = append(in, end(asm.R6)...)
+	in = append(in, end(asm.R6, asm.Word, 4, asm.Word)...)
 	in = append(in, observe("rq", hists, RunQueue, asm.R9, asm.R0)...)
 	return append(in, exit...)
 }

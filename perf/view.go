@@ -141,10 +141,24 @@ func fmtUs(v float64) string {
 		return fmt.Sprintf("%.1fµs", v)
 	case v < 1e3:
 		return fmt.Sprintf("%.0fµs", v)
-	case v < 1e6:
+	case v < 1e4:
 		return fmt.Sprintf("%.2fms", v/1e3)
+	case v < 1e5:
+		return fmt.Sprintf("%.1fms", v/1e3)
+	case v < 1e6:
+		return fmt.Sprintf("%.0fms", v/1e3)
+	case v < 1e7:
+		return fmt.Sprintf("%.2fs", v/1e6)
 	}
-	return fmt.Sprintf("%.2fs", v/1e6)
+	return fmt.Sprintf("%.1fs", v/1e6)
+}
+
+// fmtRate prints a rate per second in 7 columns.
+func fmtRate(v float64) string {
+	if v < 10 {
+		return fmt.Sprintf("%7.1f", v)
+	}
+	return fmt.Sprintf("%7.0f", v)
 }
 
 func spark(cols [sparkCols]uint64) string {
@@ -171,7 +185,7 @@ func (r Row) line() string {
 	if r.Count == 0 {
 		return fmt.Sprintf("%-14s %7s %7s %7s %7s |%s|", name, "-", "", "", "", spark(r.cols))
 	}
-	return fmt.Sprintf("%-14s %7.0f %7s %7s %7s |%s|", name, r.Rate, fmtUs(r.P50Us), fmtUs(r.P99Us), fmtUs(r.P999Us), spark(r.cols))
+	return fmt.Sprintf("%-14s %s %7s %7s %7s |%s|", name, fmtRate(r.Rate), fmtUs(r.P50Us), fmtUs(r.P99Us), fmtUs(r.P999Us), spark(r.cols))
 }
 
 const rowHeader = "                rate/s     p50     p99    p999 |1µs ×2 per column → |"
