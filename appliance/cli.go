@@ -245,7 +245,7 @@ func (c *CLI) daemon(args []string) error {
 	cm.fs.StringVar(&opt.FUSE, "fuse", "", "mount the FUSE file view of primary volumes on this directory")
 	cm.fs.StringVar(&opt.UBLK, "ublk", "auto", "serve primary volumes as block devices /dev/hast/<resource> through ublk: on, off, or auto (where the kernel has ublk_drv)")
 	cm.fs.StringVar(&opt.LocalIO, "local-io", "pwrite", "drive local components with pwrite (page cache) or uring (io_uring, O_DIRECT where aligned)")
-	cm.fs.StringVar(&opt.Probes, "probes", "auto", "eBPF latency probes for hast perf and the metrics: on, off, auto (where the kernel allows), or some of block,syscalls,sched,tcp")
+	cm.fs.StringVar(&opt.Probes, "probes", "auto", "eBPF latency probes for hast perf and the metrics: auto (block and tcp, where the kernel allows), on (every group), off, or some of block,syscalls,sched,tcp")
 	cm.fs.StringVar(&opt.Metrics, "metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9457)")
 	cm.fs.StringVar(&opt.StateDir, "state-dir", "/var/lib/hast", "where split-brain reports and discarded data are kept")
 	cm.fs.DurationVar(&opt.Reconnect, "reconnect-interval", 0, "how often a primary retries its peer (HAST: 10s)")

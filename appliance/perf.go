@@ -15,6 +15,9 @@ import (
 
 // startProbes loads the eBPF probes as --probes says: off never; on, or a list of probe
 // groups, or fail; auto where the kernel allows (said once in the log when it does not).
+// defaultProbeGroups are what --probes auto loads.
+var defaultProbeGroups = []perf.Group{perf.GroupBlock, perf.GroupTCP}
+
 func (d *Daemon) startProbes() error {
 	var groups []perf.Group
 	required := true
@@ -23,7 +26,11 @@ func (d *Daemon) startProbes() error {
 		d.probeStatus = "off"
 		return nil
 	case "", "auto":
-		required = false
+		// Only the groups whose probes fire per block request or per TCP event of the
+		// replication link by default: the syscall and scheduler probes run on every system
+		// call and context switch of every process on the machine (measured: +150 ns per
+		// system call, +3 µs per thread ping-pong), which an operator asks for by name.
+		groups, required = defaultProbeGroups, false
 	case "on":
 	default:
 		var err error
