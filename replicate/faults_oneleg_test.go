@@ -60,10 +60,12 @@ func TestPeerMissedWriteIsASplitBrainLater(t *testing.T) {
 		for _, how := range []string{"error-reply", "link-lost"} {
 			t.Run(mode.String()+"/"+how, func(t *testing.T) {
 				f := newFaultPair(t, mode, nil)
+				// The counters that say "in sync" are written just after the pass ends.
+				waitFor(t, "the in-sync counters on disk", 5*time.Second, func() bool {
+					md := f.metadata(f.pmem)
+					return md.LocalCnt == md.PeerRemoteCnt
+				})
 				before := f.metadata(f.pmem)
-				if before.LocalCnt != before.PeerRemoteCnt {
-					t.Fatalf("in sync, yet localcnt %d != peer's remotecnt %d", before.LocalCnt, before.PeerRemoteCnt)
-				}
 				x := bytes.Repeat([]byte{0xa1}, 4096)
 				lo := f.localOff(f.smem)
 				// A disk that keeps failing also fails the resync the error starts, which
