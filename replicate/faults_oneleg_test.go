@@ -240,9 +240,7 @@ func TestStaleMarkAfterAnEarlierRepair(t *testing.T) {
 		t.Fatalf("write through the peer: %v", err)
 	}
 	f.waitSynced()
-	if f.metadata(f.pmem).Inconsistent {
-		t.Fatal("still marked inconsistent after the repair")
-	}
+	waitFor(t, "the inconsistent mark cleared on disk after the repair", 5*time.Second, func() bool { return !f.metadata(f.pmem).Inconsistent })
 
 	slo := f.localOff(f.smem)
 	f.shold.arm(func(op blockdev.Op, off int64) bool { return op == blockdev.OpWrite && off < slo })
