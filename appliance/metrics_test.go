@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
 func TestPrometheusMetrics(t *testing.T) {
@@ -34,6 +36,12 @@ func TestPrometheusMetrics(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Fatalf("metrics lack %q:\n%s", want, grepHast(text))
 		}
+	}
+	// What `promtool check metrics` checks: naming, units, help, types.
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
+	must(t, err)
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }
 

@@ -2,12 +2,15 @@ package appliance
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -166,9 +169,12 @@ func TestPerfProbesMatchTheEngine(t *testing.T) {
 	t.Logf("hast perf under load:\n%s", text.String())
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
 	must(t, err)
-	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	must(t, err)
+	checkDashboard(t, string(body))
 	var count uint64
-	sc = bufio.NewScanner(resp.Body)
+	sc = bufio.NewScanner(bytes.NewReader(body))
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), `hast_kernel_latency_seconds_count{probe="block_write"} `); ok {
 			count, _ = strconv.ParseUint(v, 10, 64)
@@ -307,5 +313,36 @@ func keepWriting(t *testing.T, c *Cluster, n *Node) (stop func()) {
 	return func() {
 		close(done)
 		must(t, <-wrote)
+	}
+}
+
+// checkDashboard fails for every metric the Grafana dashboard (docs/grafana/hast.json) queries
+// that the endpoint does not serve, so the dashboard cannot drift from the daemon.
+func checkDashboard(t *testing.T, metrics string) {
+	t.Helper()
+	b, err := os.ReadFile("../docs/grafana/hast.json")
+	must(t, err)
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	must(t, json.Unmarshal(b, &dash))
+	name := regexp.MustCompile(`hast_[a-z_]+`)
+	seen := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range name.FindAllString(tg.Expr, -1) {
+				seen++
+				m = strings.TrimSuffix(m, "_bucket")
+				if !strings.Contains(metrics, "\n"+m+"{") && !strings.Contains(metrics, "\n"+m+"_count{") && !strings.Contains(metrics, "\n"+m+" ") {
+					t.Errorf("dashboard panel %q queries %s, which the endpoint does not serve", p.Title, m)
+				}
+			}
+		}
+	}
+	if seen == 0 {
+		t.Fatal("the dashboard queries no hast metric")
 	}
 }
