@@ -153,6 +153,7 @@ func secondaryDiskErrors(t *testing.T, mode, lio string, whole bool) {
 	e.pair()
 	vol, chk, ld := e.loadOn(e.h1, 300)
 
+	before := synced(e.status(e.h1))
 	disk.FailWrites(syscall.EIO, from)
 	e.waitStatus(e.h2, "inconsistent", time.Minute, func(s appliance.ResourceStatus) bool { return s.Inconsistent })
 	e.waitAcked(chk, 200, loadTimeout)
@@ -189,7 +190,7 @@ func secondaryDiskErrors(t *testing.T, mode, lio string, whole bool) {
 	e.requireNoLoss(e.verifyLocal(chk, e.h2), "hast2 after the resync")
 	e.compareLocal()
 	record(row{order: 6, scenario: fmt.Sprintf("secondary's disk: %s (EIO, FUSE), recovers; again, and the primary is killed (promotion of hast2 refused), local-io %s", what, lio),
-		mode: mode, acked: chk.Stats().Acked, lost: "0", resynced: bytesStr(int64(synced(st))), took: took.Round(time.Millisecond).String()})
+		mode: mode, acked: chk.Stats().Acked, lost: "0", resynced: bytesStr(int64(synced(st) - before)), took: took.Round(time.Millisecond).String()})
 }
 
 // TestPrimaryFilesystemTurnsReadOnly: the ext4 under hast1's component records an error and
