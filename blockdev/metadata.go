@@ -266,6 +266,18 @@ func WriteMetadata(d Device, md *Metadata) error {
 	return nil
 }
 
+// SyncMetadata writes the metadata block and flushes the device: the block is durable when it
+// returns nil (counter bumps, resuid changes, the inconsistent marks).
+func SyncMetadata(d Device, md *Metadata) error {
+	if err := WriteMetadata(d, md); err != nil {
+		return err
+	}
+	if err := d.Flush(); err != nil {
+		return fmt.Errorf("flush metadata: %w", err)
+	}
+	return nil
+}
+
 func badMetadata(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrBadMetadata}, args...)...)
 }

@@ -246,11 +246,8 @@ func (p *Primary) writeMetadata() error {
 	p.mdMu.Lock()
 	defer p.mdMu.Unlock()
 	md := p.metadata()
-	if err := blockdev.WriteMetadata(p.dev, &md); err != nil {
-		return fmt.Errorf("resource %s: write metadata: %w", p.cfg.Name, err)
-	}
-	if err := p.dev.Flush(); err != nil {
-		return fmt.Errorf("resource %s: flush metadata: %w", p.cfg.Name, err)
+	if err := blockdev.SyncMetadata(p.dev, &md); err != nil {
+		return fmt.Errorf("resource %s: %w", p.cfg.Name, err)
 	}
 	return nil
 }
@@ -548,7 +545,8 @@ func (p *Primary) dropCopy(w *wop) {
 }
 
 func (p *Primary) markUnflushed(off, n int64) {
-	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
+	first, last := p.rl.span(off, n)
+	for e := first; e <= last; e++ {
 		if !p.unflushed[e] {
 			p.unflushed[e] = true
 			p.unflushedIdx = append(p.unflushedIdx, e)
@@ -569,9 +567,10 @@ func (p *Primary) ReadAt(b []byte, off int64) (int, error) {
 	p.st.reads.Add(1)
 	defer p.lat.Read.Since(time.Now())
 	n := int64(len(b))
+	first, last := p.rl.span(off, n)
 	p.mu.Lock()
 	remote := false
-	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
+	for e := first; e <= last; e++ {
 		if _, bad := p.stale[e]; bad {
 			remote = true
 			break

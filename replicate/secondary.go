@@ -196,13 +196,9 @@ func (s *secondary) handshake(hello *nv.List) error {
 		// Our primary will say when the copy is whole again (CmdSyncDone).
 		md.Inconsistent = true
 	}
-	if err := blockdev.WriteMetadata(s.dev, md); err != nil {
+	if err := blockdev.SyncMetadata(s.dev, md); err != nil {
 		s.sendErr("Unable to write metadata.")
-		return fmt.Errorf("write metadata: %w", err)
-	}
-	if err := s.dev.Flush(); err != nil {
-		s.sendErr("Unable to write metadata.")
-		return fmt.Errorf("flush metadata: %w", err)
+		return err
 	}
 	s.md = *md
 	s.base, s.size, s.sect = int64(md.LocalOff), int64(md.DataSize), s.dev.SectorSize()
@@ -646,7 +642,7 @@ func (s *secondary) syncDone() error {
 		return nil
 	}
 	s.md.Inconsistent = false
-	if err := s.writeMetadataLocked(); err != nil {
+	if err := blockdev.SyncMetadata(s.dev, &s.md); err != nil {
 		return err
 	}
 	if err := os.Remove(InconsistentMarkFile(s.cfg.SplitBrainDir, s.cfg.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {

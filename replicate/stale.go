@@ -100,7 +100,8 @@ func (p *Primary) bumpSoon() {
 // from it. It returns whether the peer has already recorded all of them (p.mu held).
 func (p *Primary) markStaleLocked(off, n int64) (recorded bool) {
 	recorded = true
-	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
+	first, last := p.rl.span(off, n)
+	for e := first; e <= last; e++ {
 		rec, ok := p.stale[e]
 		if !ok {
 			p.stale[e] = false
@@ -128,8 +129,9 @@ func (p *Primary) recordStale(l *link, off, n int64) error {
 		peerErr = errors.New("the peer cannot record stale extents")
 	default:
 		if peerErr = l.do(&rreq{cmd: CmdStale, off: off, length: n}); peerErr == nil {
+			first, last := p.rl.span(off, n)
 			p.mu.Lock()
-			for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
+			for e := first; e <= last; e++ {
 				if _, ok := p.stale[e]; ok {
 					p.stale[e] = true
 				}
@@ -184,7 +186,8 @@ func (p *Primary) anyStale(off, n int64) bool {
 	if len(p.stale) == 0 {
 		return false
 	}
-	for e := int(off >> p.eshift); e <= int((off+n-1)>>p.eshift); e++ {
+	first, last := p.rl.span(off, n)
+	for e := first; e <= last; e++ {
 		if _, bad := p.stale[e]; bad {
 			return true
 		}
@@ -243,7 +246,7 @@ func (s *secondary) recordPrimaryStale(off, n int64) error {
 		return nil
 	}
 	s.md.PrimaryStale = true
-	return s.writeMetadataLocked()
+	return blockdev.SyncMetadata(s.dev, &s.md)
 }
 
 // clearPrimaryStale forgets CmdStaleClear's range; with nothing left, the flag goes too.
@@ -267,7 +270,7 @@ func (s *secondary) clearPrimaryStale(off, n int64) error {
 		}
 	}
 	s.md.PrimaryStale = false
-	return s.writeMetadataLocked()
+	return blockdev.SyncMetadata(s.dev, &s.md)
 }
 
 // markInconsistent records, before a failed write is answered, that our copy misses a write
@@ -281,7 +284,7 @@ func (s *secondary) markInconsistent() error {
 		return nil
 	}
 	s.md.Inconsistent = true
-	err := s.writeMetadataLocked()
+	err := blockdev.SyncMetadata(s.dev, &s.md)
 	if err == nil {
 		return nil
 	}
@@ -332,17 +335,6 @@ func (s *secondary) writeBitmapDurably(bm []byte) error {
 	}
 	if err := s.dev.Flush(); err != nil {
 		return fmt.Errorf("flush activemap: %w", err)
-	}
-	return nil
-}
-
-// writeMetadataLocked writes s.md durably (s.mdMu held).
-func (s *secondary) writeMetadataLocked() error {
-	if err := blockdev.WriteMetadata(s.dev, &s.md); err != nil {
-		return err
-	}
-	if err := s.dev.Flush(); err != nil {
-		return fmt.Errorf("flush metadata: %w", err)
 	}
 	return nil
 }
