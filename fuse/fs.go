@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hast/internal/fusectl"
 	"log"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"hast/internal/fusectl"
 	"hast/replicate"
 )
 

@@ -3,7 +3,6 @@ package fuse
 import (
 	"bytes"
 	"errors"
-	"hast/internal/fusectl"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -16,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"hast/internal/fusectl"
+	"hast/internal/testsupport"
 )
 
 func TestAddRemoveNames(t *testing.T) {
@@ -99,7 +101,7 @@ func TestAddRemoveNames(t *testing.T) {
 		t.Errorf("re-added file kept inode %d", ino)
 	}
 	got := make([]byte, 5)
-	if err := readFileAt(path, got, 0); err != nil || string(got) != "fresh" {
+	if err := testsupport.ReadFileAt(path, got, 0); err != nil || string(got) != "fresh" {
 		t.Errorf("re-added file reads %q, %v; want \"fresh\"", got, err)
 	}
 }
@@ -111,16 +113,6 @@ func inode(t *testing.T, path string) uint64 {
 		t.Fatalf("stat %s: %v", path, err)
 	}
 	return st.Ino
-}
-
-func readFileAt(path string, p []byte, off int64) error {
-	fh, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer fh.Close()
-	_, err = fh.ReadAt(p, off)
-	return err
 }
 
 func TestReadWritePatterns(t *testing.T) {

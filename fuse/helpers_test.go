@@ -3,7 +3,6 @@ package fuse
 import (
 	"flag"
 	"fmt"
-	"hast/internal/fusectl"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"hast/internal/fusectl"
 	"hast/replicate"
 )
 

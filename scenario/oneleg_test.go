@@ -3,7 +3,6 @@ package scenario
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"hast/appliance"
 	"hast/internal/ackcheck"
 	"hast/internal/faultnet"
+	"hast/internal/testsupport"
 	"hast/nbd"
 )
 
@@ -110,7 +110,7 @@ func TestAckedWriteAtCutIsASplitBrain(t *testing.T) {
 		if saved == "" {
 			t.Fatal("hast2 did not say where it saved its side of the split-brain")
 		}
-		if err := readFileAt(saved, got, off); err != nil || !bytes.Equal(got, y) {
+		if err := testsupport.ReadFileAt(saved, got, off); err != nil || !bytes.Equal(got, y) {
 			t.Fatalf("hast2's saved side lacks its write (err %v, first byte %#x)", err, got[0])
 		}
 		e.compareLocal()
@@ -232,15 +232,4 @@ func TestPrimaryFilesystemTurnsReadOnly(t *testing.T) {
 		record(row{order: 7, scenario: "primary's ext4 turns read-only under load; repaired, restarted as primary: stale extents pulled from the secondary, local-io " + lio,
 			mode: mode, acked: chk.Stats().Acked, lost: "0", resynced: bytesStr(int64(synced(e.status(e.h1)))), took: took.Round(time.Millisecond).String()})
 	})
-}
-
-// readFileAt fills b from the file at path at offset off.
-func readFileAt(path string, b []byte, off int64) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = f.ReadAt(b, off)
-	return err
 }

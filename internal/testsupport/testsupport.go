@@ -76,3 +76,14 @@ func Receive[T any](t testing.TB, what string, ch <-chan T) T {
 	var zero T
 	return zero
 }
+
+// ReadFileAt fills p from the file at path at offset off.
+func ReadFileAt(path string, p []byte, off int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.ReadAt(p, off)
+	return err
+}
