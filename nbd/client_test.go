@@ -256,19 +256,8 @@ func TestClientServerGone(t *testing.T) {
 	vol := newMemVolume(1<<20, 512)
 	ts := startServer(t, newExports("disk1", vol))
 	c := dialTest(t, "unix", ts.sock, "disk1")
-	entered := make(chan struct{})
 	release := make(chan struct{})
-	var once sync.Once
-	vol.setOnRead(func(int64, int) {
-		once.Do(func() { close(entered) })
-		<-release
-	})
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.ReadAt(make([]byte, 512), 0)
-		done <- err
-	}()
-	<-entered
+	done := readHeldInServer(c, vol, release)
 	// Close the server's side while the read is being served; the reply is still sent
 	// because shutdown lets requests in flight finish.
 	go ts.Close()
@@ -438,9 +427,25 @@ func TestClientAbort(t *testing.T) {
 	vol := newMemVolume(1<<20, 512)
 	ts := startServer(t, newExports("disk1", vol))
 	c := dialTest(t, "unix", ts.sock, "disk1")
-	entered := make(chan struct{})
 	release := make(chan struct{})
 	defer close(release)
+	done := readHeldInServer(c, vol, release)
+	c.Abort()
+	if err := <-done; err == nil {
+		t.Fatal("read in flight during Abort succeeded")
+	}
+	if _, err := c.ReadAt(make([]byte, 512), 0); err == nil {
+		t.Fatal("read after Abort succeeded")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close after Abort: %v", err)
+	}
+}
+
+// readHeldInServer reads through c in the background and returns once the read has reached
+// vol, where it waits until release is closed; the read's error arrives on the channel.
+func readHeldInServer(c *Client, vol *memVolume, release <-chan struct{}) <-chan error {
+	entered := make(chan struct{})
 	var once sync.Once
 	vol.setOnRead(func(int64, int) {
 		once.Do(func() { close(entered) })
@@ -452,14 +457,5 @@ func TestClientAbort(t *testing.T) {
 		done <- err
 	}()
 	<-entered
-	c.Abort()
-	if err := <-done; err == nil {
-		t.Fatal("read in flight during Abort succeeded")
-	}
-	if _, err := c.ReadAt(make([]byte, 512), 0); err == nil {
-		t.Fatal("read after Abort succeeded")
-	}
-	if err := c.Close(); err != nil {
-		t.Fatalf("Close after Abort: %v", err)
-	}
+	return done
 }
